@@ -1,0 +1,411 @@
+"""LatentLM: a Hugging Face causal LM that reasons with `<thinking>` latent tokens.
+
+Every `<thinking>` position gets its input vector from the position before it (DESIGN §1):
+training runs the sequence in segments cut at the latent positions, reusing the KV cache, and
+generation is greedy with the KV cache, building a latent whenever the argmax is `<thinking>`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from jaxtyping import Float, Int
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel
+
+from lensing.model.config import THINKING_TOKEN, LatentConfig
+from lensing.model.fusion import latent_embedding, make_adapter
+from lensing.model.trace import Trace, confidence
+
+CHECKPOINT_FORMAT = 1
+META_FILE = "lensing.json"
+ADAPTER_FILE = "adapter.safetensors"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory is missing, corrupt or does not match its metadata."""
+
+
+@dataclass
+class LatentForward:
+    """Output of the teacher-forced latent forward.
+
+    ``latent_h`` / ``latent_pred`` are zero except at `<thinking>` positions (only filled when
+    asked for with ``return_parts=True``).
+    """
+
+    logits: Float[Tensor, "batch pos vocab"]
+    inputs_embeds: Float[Tensor, "batch pos d_model"]
+    loss: Float[Tensor, ""] | None = None
+    latent_h: Float[Tensor, "batch pos d_model"] | None = None
+    latent_pred: Float[Tensor, "batch pos d_model"] | None = None
+
+
+class LatentLM(nn.Module):
+    """Wraps a causal LM and its tokenizer; adds the `<thinking>` token if it is missing.
+
+    Args:
+        model: any Hugging Face causal LM (Llama family tested).
+        tokenizer: its tokenizer; `<thinking>` is added as a special token when absent, with its
+            embedding and LM-head rows copied from ``init_token`` (default: the EOS token).
+        config: how latents are built.
+        answer_marker: text after which generated tokens count as the answer (``kinds``).
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer,
+        config: LatentConfig | None = None,
+        answer_marker: str | None = None,
+        init_token: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config or LatentConfig()
+        self.answer_marker = answer_marker
+        self.meta: dict = {}
+        if THINKING_TOKEN not in tokenizer.get_vocab():
+            tokenizer.add_tokens([THINKING_TOKEN], special_tokens=True)
+        self.thinking_id = tokenizer.convert_tokens_to_ids(THINKING_TOKEN)
+        if model.get_input_embeddings().num_embeddings <= self.thinking_id:
+            self._add_thinking_rows(init_token or tokenizer.eos_token)
+        self.adapter = (
+            make_adapter(self.d_model, self.config.adapter_hidden) if self.config.adapter_hidden else None
+        )
+
+    def _add_thinking_rows(self, init_token: str) -> None:
+        source = self.tokenizer.convert_tokens_to_ids(init_token)
+        self.model.resize_token_embeddings(len(self.tokenizer), mean_resizing=False)
+        with torch.no_grad():
+            emb = self.model.get_input_embeddings().weight
+            emb[self.thinking_id] = emb[source]
+            head = self.model.get_output_embeddings()
+            if head is not None and head.weight is not emb:
+                head.weight[self.thinking_id] = head.weight[source]
+
+    # ----------------------------------------------------------------- basics
+    @property
+    def d_model(self) -> int:
+        return self.model.get_input_embeddings().embedding_dim
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    @property
+    def max_length(self) -> int:
+        return int(getattr(self.model.config, "max_position_embeddings", 2048))
+
+    def embed(self, ids: Int[Tensor, "..."]) -> Float[Tensor, "... d_model"]:
+        return self.model.get_input_embeddings()(ids)
+
+    def latent_embedding(
+        self, h: Float[Tensor, "... d_model"], logits: Float[Tensor, "... vocab"]
+    ) -> tuple[Float[Tensor, "... d_model"], Float[Tensor, "... d_model"]]:
+        """The latent input built from the previous position's hidden state and logits."""
+        return latent_embedding(
+            h, logits, self.model.get_input_embeddings().weight, self.config, self.thinking_id, self.adapter
+        )
+
+    def encode(self, text: str, add_bos: bool = True) -> list[int]:
+        """Token ids of ``text``; characters the tokenizer cannot represent raise ValueError."""
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        unk = self.tokenizer.unk_token_id
+        if unk is not None and unk in ids:
+            bad = sorted({ch for ch in text if unk in self.tokenizer(ch, add_special_tokens=False)["input_ids"]})
+            raise ValueError(f"text {text!r} contains characters outside the model's vocabulary: {bad}")
+        bos = self.tokenizer.bos_token_id
+        return ([bos] if add_bos and bos is not None else []) + ids
+
+    def token_strings(self, ids: list[int]) -> list[str]:
+        return [self.tokenizer.decode([i]) for i in ids]
+
+    def _forward(self, embeds, mask, positions, cache):
+        out = self.model(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+            past_key_values=cache, use_cache=True, output_hidden_states=True,
+        )
+        return out.logits, out.hidden_states[self.config.layer]
+
+    # ------------------------------------------------------- training forward
+    def forward(
+        self,
+        input_ids: Int[Tensor, "batch pos"],
+        attention_mask: Int[Tensor, "batch pos"] | None = None,
+        labels: Int[Tensor, "batch pos"] | None = None,
+        return_parts: bool = False,
+    ) -> LatentForward:
+        """Teacher-forced forward where every `<thinking>` input is computed from the position before.
+
+        The sequence is cut at each distinct latent position in the batch and the segments run
+        in order with one KV cache: one pass per distinct latent position, plus one. Gradients
+        flow through the latents. ``labels`` are the input ids with -100 where no loss is wanted;
+        the loss is next-token cross-entropy.
+        """
+        if input_ids.numel() == 0:
+            raise ValueError("empty batch: input_ids has no tokens")
+        if input_ids.shape[1] > self.max_length:
+            raise ValueError(f"sequence of {input_ids.shape[1]} tokens exceeds the model's context of {self.max_length}")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        is_latent = (input_ids == self.thinking_id) & attention_mask.bool()
+        if is_latent[:, 0].any():
+            raise ValueError("a sequence cannot start with <thinking>: a latent needs a previous position")
+        cuts = sorted(set(is_latent.nonzero()[:, 1].tolist()))
+        bounds = [0, *cuts, input_ids.shape[1]]
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        embeds = self.embed(input_ids)
+        cache = DynamicCache()
+        logits_parts, fed_parts, h_parts, pred_parts = [], [], [], []
+        prev_logits = prev_h = None
+        for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+            segment = embeds[:, start:end]
+            zeros = torch.zeros_like(segment)
+            h_seg, pred_seg = zeros, zeros
+            if start in cuts:
+                rows = is_latent[:, start, None]
+                latent, e_pred = self.latent_embedding(prev_h, prev_logits)
+                first = torch.where(rows, latent.to(segment.dtype), segment[:, 0])
+                segment = torch.cat([first[:, None], segment[:, 1:]], dim=1)
+                if return_parts:
+                    h_seg = torch.cat([torch.where(rows, prev_h, 0)[:, None], zeros[:, 1:]], dim=1)
+                    pred_seg = torch.cat([torch.where(rows, e_pred, 0)[:, None], zeros[:, 1:]], dim=1)
+            logits, hidden = self._forward(segment, attention_mask[:, :end], positions[:, start:end], cache)
+            prev_logits, prev_h = logits[:, -1], hidden[:, -1]
+            logits_parts.append(logits)
+            fed_parts.append(segment)
+            h_parts.append(h_seg)
+            pred_parts.append(pred_seg)
+        logits = torch.cat(logits_parts, dim=1)
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100
+            )
+        parts = (torch.cat(h_parts, 1), torch.cat(pred_parts, 1)) if return_parts else (None, None)
+        return LatentForward(logits, torch.cat(fed_parts, dim=1), loss, *parts)
+
+    # --------------------------------------------------------------- scoring
+    @torch.no_grad()
+    def score(self, prompt_ids: list[list[int]], completion_ids: list[list[int]], meta: list[dict] | None = None) -> list[Trace]:
+        """Teacher-forced traces of ``prompt + completion`` (completions may hold `<thinking>` ids).
+
+        ``gold_prob`` is the probability the model gives each next token of the sequence.
+        """
+        if not prompt_ids:
+            raise ValueError("empty batch: no sequences to score")
+        seqs = [p + c for p, c in zip(prompt_ids, completion_ids, strict=True)]
+        width = max(map(len, seqs))
+        ids = torch.full((len(seqs), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = torch.tensor(s)
+            mask[i, : len(s)] = 1
+        out = self.forward(ids.to(self.device), mask.to(self.device), return_parts=True)
+        traces = []
+        for i, s in enumerate(seqs):
+            n = len(s)
+            logits = out.logits[i, :n].float().cpu()
+            gold = torch.full((n,), float("nan"))
+            gold[:-1] = torch.softmax(logits[:-1], -1).gather(1, ids[i, 1:n, None]).squeeze(1)
+            is_lat = ids[i, :n] == self.thinking_id
+            traces.append(self._make_trace(
+                s, len(prompt_ids[i]), out.inputs_embeds[i, :n], out.latent_h[i, :n][is_lat],
+                out.latent_pred[i, :n][is_lat], logits, gold, (meta or [{}] * len(seqs))[i],
+            ))
+        return traces
+
+    @property
+    def _pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return pad if pad is not None else self.tokenizer.eos_token_id
+
+    def _kinds(self, ids: list[int], n_prompt: int) -> list[str]:
+        """prompt / latent / cot, and answer from the first character of the answer marker on."""
+        pieces = ["" if i == self.thinking_id else self.tokenizer.decode([i]) for i in ids[n_prompt:]]
+        text = "".join(pieces)
+        answer_from = text.find(self.answer_marker) if self.answer_marker else -1
+        kinds, offset = ["prompt"] * n_prompt, 0
+        for i, piece in zip(ids[n_prompt:], pieces, strict=True):
+            offset += len(piece)
+            if i == self.thinking_id:
+                kinds.append("latent")
+            else:
+                kinds.append("answer" if 0 <= answer_from < offset else "cot")
+        return kinds
+
+    def _make_trace(self, ids, n_prompt, embeds, lat_h, lat_pred, logits, gold, meta) -> Trace:
+        max_prob, entropy = confidence(logits)
+        special = [t for t in self.tokenizer.all_special_tokens if t != THINKING_TOKEN]
+        return Trace(
+            token_ids=torch.tensor(ids), tokens=self.token_strings(ids), kinds=self._kinds(ids, n_prompt),
+            input_embeds=embeds.detach().float().cpu(), latent_h=lat_h.detach().float().cpu().reshape(-1, self.d_model),
+            latent_pred=lat_pred.detach().float().cpu().reshape(-1, self.d_model), logits=logits,
+            max_prob=max_prob, entropy=entropy, gold_prob=gold, meta={**meta, "special_tokens": special},
+        )
+
+    # ------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate(
+        self, prompts: str | list[str], max_new_tokens: int = 128, meta: list[dict] | None = None
+    ) -> list[Trace]:
+        """Batched greedy generation with the KV cache; a latent is fed whenever argmax is `<thinking>`.
+
+        Prompts are left-padded; a row stops after it emits EOS. Returns one :class:`Trace` per
+        prompt holding the prompt and every generated position.
+        """
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not prompts:
+            raise ValueError("empty batch: no prompts to generate from")
+        encoded = [self.encode(p) for p in prompts]
+        longest = max(map(len, encoded))
+        if longest >= self.max_length:
+            raise ValueError(
+                f"prompt of {longest} tokens does not fit the model's context of {self.max_length} tokens; shorten it"
+            )
+        max_new_tokens = min(max_new_tokens, self.max_length - longest)
+        batch, dev = len(prompts), self.device
+        ids = torch.full((batch, longest), self._pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, e in enumerate(encoded):
+            ids[i, longest - len(e):] = torch.tensor(e)
+            mask[i, longest - len(e):] = 1
+        ids, mask = ids.to(dev), mask.to(dev)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        embeds = self.embed(ids)
+        logits_prefill, hidden = self._forward(embeds, mask, positions, cache)
+        last_logits, last_h, last_pos = logits_prefill[:, -1], hidden[:, -1], positions[:, -1]
+        steps_ids, steps_emb, steps_logits, steps_h, steps_pred = [], [], [], [], []
+        finished = torch.zeros(batch, dtype=torch.bool, device=dev)
+        lengths = torch.zeros(batch, dtype=torch.long)
+        eos = self.tokenizer.eos_token_id
+        for _ in range(max_new_tokens):
+            token = last_logits.argmax(-1)
+            token = torch.where(finished, self._pad_id, token)
+            lengths += (~finished).long().cpu()
+            emb = self.embed(token)
+            is_lat = (token == self.thinking_id)[:, None]
+            h_part = pred_part = torch.zeros_like(emb)
+            if is_lat.any():
+                latent, e_pred = self.latent_embedding(last_h, last_logits)
+                emb = torch.where(is_lat, latent.to(emb.dtype), emb)
+                h_part, pred_part = torch.where(is_lat, last_h, 0), torch.where(is_lat, e_pred, 0)
+            finished = finished | (token == eos)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            last_pos = last_pos + 1
+            logits, hidden = self._forward(emb[:, None], mask, last_pos[:, None], cache)
+            last_logits, last_h = logits[:, -1], hidden[:, -1]
+            for store, value in zip(
+                (steps_ids, steps_emb, steps_logits, steps_h, steps_pred),
+                (token, emb, last_logits, h_part, pred_part), strict=True,
+            ):
+                store.append(value.float().cpu() if value.is_floating_point() else value.cpu())
+            if finished.all():
+                break
+        steps = {name: torch.stack(v, dim=1) if v else None for name, v in zip(
+            ("ids", "emb", "logits", "h", "pred"), (steps_ids, steps_emb, steps_logits, steps_h, steps_pred), strict=True)}
+        prefill_logits, prefill_emb = logits_prefill.float().cpu(), embeds.float().cpu()
+        traces = []
+        for i, e in enumerate(encoded):
+            n_new, pad = int(lengths[i]), longest - len(e)
+            gen_ids = steps["ids"][i, :n_new].tolist() if n_new else []
+            is_lat = torch.tensor([t == self.thinking_id for t in gen_ids], dtype=torch.bool)
+            row_logits, row_emb = prefill_logits[i, pad:], prefill_emb[i, pad:]
+            lat_h = lat_pred = torch.zeros(0, self.d_model)
+            if n_new:
+                row_logits = torch.cat([row_logits, steps["logits"][i, :n_new]])
+                row_emb = torch.cat([row_emb, steps["emb"][i, :n_new]])
+                lat_h, lat_pred = steps["h"][i, :n_new][is_lat], steps["pred"][i, :n_new][is_lat]
+            seq = e + gen_ids
+            gold = torch.full((len(seq),), float("nan"))
+            traces.append(self._make_trace(
+                seq, len(e), row_emb, lat_h, lat_pred, row_logits, gold, {"prompt": prompts[i], **((meta or [{}] * batch)[i])},
+            ))
+        return traces
+
+    # ------------------------------------------------------------ checkpoints
+    def save_pretrained(self, directory: str | Path, extra: dict | None = None) -> None:
+        """Writes a Hugging Face model directory plus ``lensing.json`` (and the adapter, if any).
+
+        Everything is written to a temporary sibling directory first and moved into place at the
+        end, so a failure never leaves a half-written checkpoint.
+        """
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        try:
+            self.model.save_pretrained(str(tmp), safe_serialization=True)
+            self.tokenizer.save_pretrained(str(tmp))
+            if self.adapter is not None:
+                save_file({k: v.contiguous() for k, v in self.adapter.state_dict().items()}, str(tmp / ADAPTER_FILE))
+            meta = {
+                "format": CHECKPOINT_FORMAT, "latent_config": self.config.to_dict(),
+                "answer_marker": self.answer_marker, "thinking_id": self.thinking_id,
+                "vocab_size": self.model.get_input_embeddings().num_embeddings, "d_model": self.d_model,
+                **(extra or {}),
+            }
+            (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+            if directory.exists():
+                shutil.rmtree(directory)
+            tmp.rename(directory)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> LatentLM:
+        """Loads a directory written by :meth:`save_pretrained` (safetensors and JSON only)."""
+        directory = Path(directory)
+        meta = read_checkpoint_meta(directory)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(directory), use_safetensors=True, dtype=dtype or torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(str(directory))
+        except (OSError, ValueError, SafetensorError, json.JSONDecodeError) as err:
+            raise CheckpointError(f"checkpoint {directory} is corrupt or incomplete: {err}") from err
+        rows = model.get_input_embeddings().num_embeddings
+        if (
+            rows != meta["vocab_size"] or model.get_input_embeddings().embedding_dim != meta["d_model"]
+            or tokenizer.convert_tokens_to_ids(THINKING_TOKEN) != meta["thinking_id"] or len(tokenizer) > rows
+        ):
+            raise CheckpointError(
+                f"checkpoint {directory} does not match its {META_FILE}: model has {rows} x "
+                f"{model.get_input_embeddings().embedding_dim} embeddings and tokenizer {len(tokenizer)} tokens, "
+                f"metadata says {meta['vocab_size']} x {meta['d_model']} with <thinking> id {meta['thinking_id']}"
+            )
+        lm = cls(model, tokenizer, LatentConfig.from_dict(meta["latent_config"]), meta.get("answer_marker"))
+        if lm.adapter is not None:
+            try:
+                lm.adapter.load_state_dict(load_file(str(directory / ADAPTER_FILE)))
+            except (OSError, SafetensorError, RuntimeError) as err:
+                raise CheckpointError(f"adapter weights in {directory} are missing or do not fit: {err}") from err
+        lm.meta = meta
+        return lm.to(device).eval()
+
+
+def read_checkpoint_meta(directory: Path) -> dict:
+    """Parses and checks ``lensing.json``; raises CheckpointError naming what is wrong."""
+    if not directory.is_dir():
+        raise CheckpointError(f"checkpoint directory {directory} does not exist")
+    path = directory / META_FILE
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise CheckpointError(f"{directory} is not a lensing checkpoint: {META_FILE} is missing") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is corrupt: {err}") from err
+    required = {"format", "latent_config", "thinking_id", "vocab_size", "d_model"}
+    if not isinstance(meta, dict) or required - set(meta):
+        raise CheckpointError(f"{path} lacks fields {sorted(required - set(meta if isinstance(meta, dict) else {}))}")
+    if meta["format"] != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} has format {meta['format']}; this lensing reads format {CHECKPOINT_FORMAT}")
+    return meta
