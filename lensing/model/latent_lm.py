@@ -352,6 +352,7 @@ class LatentLM(nn.Module):
                 "format": CHECKPOINT_FORMAT, "latent_config": self.config.to_dict(),
                 "answer_marker": self.answer_marker, "thinking_id": self.thinking_id,
                 "vocab_size": self.model.get_input_embeddings().num_embeddings, "d_model": self.d_model,
+                "attn_implementation": self.model.config._attn_implementation,
                 **(extra or {}),
             }
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
@@ -368,7 +369,10 @@ class LatentLM(nn.Module):
         directory = Path(directory)
         meta = read_checkpoint_meta(directory)
         try:
-            model = AutoModelForCausalLM.from_pretrained(str(directory), use_safetensors=True, dtype=dtype or torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(
+                str(directory), use_safetensors=True, dtype=dtype or torch.float32,
+                attn_implementation=meta.get("attn_implementation", "sdpa"),
+            )
             tokenizer = AutoTokenizer.from_pretrained(str(directory))
         except (OSError, ValueError, SafetensorError, json.JSONDecodeError) as err:
             raise CheckpointError(f"checkpoint {directory} is corrupt or incomplete: {err}") from err

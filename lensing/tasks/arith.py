@@ -5,13 +5,13 @@ one-digit number modulo 100; the chain of thought writes one line per step::
 
     >>> problem = make_problem(steps=2, rng=random.Random(0))
     >>> print(problem.prompt + problem.completion)
-    a=49;b=a+7;c=b-7;c?
-    b=49+7=56
-    c=56-7=49
-    ###49
+    a=49;b=a-1;c=b-9;c?
+    b=49-1=48
+    c=48-9=39
+    ###39
 
 Difficulty is the number of steps (1-6), so each step stays easy and hardness comes from
-chaining. ``structure`` is the operation template (``"+-"`` above): problems with the same
+chaining. ``structure`` is the operation template (``"--"`` above): problems with the same
 structure share their reasoning and differ only in the numbers.
 """
 
