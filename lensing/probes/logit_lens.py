@@ -35,31 +35,41 @@ def lens_statistics(
     chunk: int = 256, translators=None,
 ) -> LensStats:
     """Reads every residual through the final norm and unembedding (after a tuned-lens translator
-    when given) and reduces each chunk of logits to statistics before the next is computed."""
+    when given) and reduces each chunk of logits to statistics before the next is computed.
+
+    Each chunk's logits are touched a handful of times: log-sum-exp, top-k, one exp, two dot
+    products with the vocabulary axis (entropy and KL to the final layer) and the target rank.
+    """
     n_layers, n = resid.shape[:2]
     k = min(top_k, probe.W_U.shape[1])
     out = {name: [] for name in LensStats.__dataclass_fields__}
     safe_targets = targets.clamp(min=0).to(resid.device)
     for start in range(0, max(n, 1), chunk):  # at least once, so that no positions gives empty tensors
         sl = slice(start, start + chunk)
-        final_logp = torch.log_softmax(probe.unembed(resid[-1, sl]).float(), -1)
+        tgt = safe_targets[sl, None]
+        final_logits = probe.unembed(resid[-1, sl]).float()
+        final_lse = final_logits.logsumexp(-1, keepdim=True)
+        final_p = (final_logits - final_lse).exp()
+        final_neg_entropy = torch.einsum("nv,nv->n", final_p, final_logits) - final_lse.squeeze(-1)
         rows = {name: [] for name in out}
         for layer in range(n_layers):
-            h = resid[layer, sl]
-            if translators is not None and layer < n_layers - 1:
-                h = translators(layer, h)
-            logits = probe.unembed(h).float()
-            logp = torch.log_softmax(logits, -1)
-            p = logp.exp()
-            top = p.topk(k, dim=-1)
-            tgt_logit = logits.gather(1, safe_targets[sl, None])
+            if layer == n_layers - 1:
+                logits = final_logits
+            else:
+                h = resid[layer, sl] if translators is None else translators(layer, resid[layer, sl])
+                logits = probe.unembed(h).float()
+            lse = logits.logsumexp(-1, keepdim=True)
+            top = logits.topk(k, dim=-1)
+            p = (logits - lse).exp_()
+            tgt_logit = logits.gather(1, tgt)
+            lse = lse.squeeze(-1)
             rows["top_ids"].append(top.indices)
-            rows["top_probs"].append(top.values)
-            rows["entropy"].append(-(p * logp).sum(-1))
-            rows["kl_to_final"].append((final_logp.exp() * (final_logp - logp)).sum(-1).clamp(min=0))
+            rows["top_probs"].append((top.values - lse[:, None]).exp())
+            rows["entropy"].append(lse - torch.einsum("nv,nv->n", p, logits))
+            rows["kl_to_final"].append((final_neg_entropy - torch.einsum("nv,nv->n", final_p, logits) + lse).clamp(min=0))
             rows["target_rank"].append((logits > tgt_logit).sum(-1))
-            rows["target_prob"].append(p.gather(1, safe_targets[sl, None]).squeeze(1))
-            del logits, logp, p
+            rows["target_prob"].append((tgt_logit.squeeze(-1) - lse).exp())
+            del logits, p
         for name in out:
             out[name].append(torch.stack(rows[name]).cpu())
     stats = LensStats(**{name: torch.cat(v, dim=1) for name, v in out.items()})

@@ -37,7 +37,7 @@ class TrainConfig:
     n_heads: int = 4
     d_mlp: int = 512
     max_len: int = 256
-    steps: tuple[int, int, int] = (2800, 400, 600)
+    steps: tuple[int, int, int] = (1000, 400, 600)
     lr: tuple[float, float, float] = (1e-3, 5e-4, 5e-4)
     batch_size: int = 64
     warmup: int = 100
@@ -55,8 +55,11 @@ class TrainConfig:
         return data
 
 
+# A 1M-parameter model on a deterministic task is far sharper than an LM on GSM8K: after stage 1,
+# tau=0.7 (the paper's) inserted 0.02 latents per problem, while tau=0.99 marks 0.4 (1 step) to
+# 4.3 (6 steps) uncertain tokens per problem (measured on 1,200 training problems).
 PRESETS = {
-    "tiny": TrainConfig(),
+    "tiny": TrainConfig(latent=LatentConfig(tau=0.99)),
     "smoke": TrainConfig(n_layers=2, d_model=32, n_heads=4, d_mlp=64, steps=(30, 10, 10), batch_size=16,
                          warmup=5, n_train=40, n_val=4, n_test=4),
 }
