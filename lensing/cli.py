@@ -53,6 +53,81 @@ def _cmd_trace(args: argparse.Namespace) -> None:
     print(trace)
 
 
+def _test_problems(n: int, steps: int | None = None, seed: int = 0):
+    from lensing.tasks import MAX_STEPS, make_splits
+
+    if n <= 0:
+        raise ValueError(f"--n must be positive, got {n}")
+    if steps is None:
+        return make_splits(0, 0, -(-n // MAX_STEPS), seed=seed).test[:n]
+    return [p for p in make_splits(0, 0, n, seed=seed, difficulties=(steps,)).test]
+
+
+def _write_table(table, out: str | None, stem: str) -> None:
+    if out:
+        from pathlib import Path
+
+        Path(out).mkdir(parents=True, exist_ok=True)
+        table.to_csv(Path(out) / f"{stem}.csv", index=False)
+        table.to_json(Path(out) / f"{stem}.json", orient="records", indent=1)
+
+
+def _cmd_collapse(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from lensing.studies import collapse_study
+    from lensing.zoo import load
+
+    problems = _test_problems(args.n)
+    latent = collapse_study({args.before: load(args.before), args.after: load(args.after)}, problems,
+                            where="latent", force_latents=args.latents)
+    text = collapse_study({args.text_before: load(args.text_before), args.after: load(args.after)}, problems,
+                          where="text")
+    table = pd.concat([latent.table, text.table], ignore_index=True)
+    _write_table(table, args.out, "collapse")
+    if args.json:
+        print(table.to_json(orient="records", indent=1))
+        return
+    columns = ["model", "step", "layer", "n", "effective_rank", "rankme", "participation_ratio", "mean_cosine",
+               "step_cosine", "latent_distance", "vocab_distance", "norm_ratio", "nearest_token_cosine",
+               "frechet_to_tokens", "mmd_to_tokens", "probe_first_result", "probe_answer"]
+    with pd.option_context("display.width", 250, "display.max_columns", 30, "display.max_rows", 500):
+        for where, part in table.groupby("where", sort=False):
+            what = (f"chains of {args.latents} forced latents" if where == "latent"
+                    else "the newline ending each CoT line")
+            print(f"\n== {where} positions ({what}); {len(problems)} test problems ==")
+            print(part[[c for c in columns if c in part]].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+
+
+def _cmd_trails(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from lensing.studies import trails_study
+    from lensing.zoo import load
+
+    report = trails_study(load(args.model), _test_problems(args.n, steps=args.steps))
+    _write_table(report.table, args.out, "trails")
+    if args.json:
+        print(json.dumps({"layers": report.table.to_dict(orient="records"),
+                          "attribution_trail": report.attribution.to_dict(orient="records")}, indent=1))
+        return
+    with pd.option_context("display.width", 250, "display.max_columns", 30):
+        print(f"{args.model}: trails on {args.n} {args.steps}-step test problems "
+              f"({len(set(report.structures))} structures among the complete chains)")
+        print(report.table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+        print("\nattribution trail of the first answer digit (problem 1):")
+        print(report.attribution.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+
+
+def _cmd_figures(args: argparse.Namespace) -> None:
+    from lensing.viz.paper import build_figures, write_figures
+
+    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
+    figures = build_figures(args.model, log=lambda m: print(m, file=sys.stderr))
+    out = write_figures(figures, args.out, formats)
+    print(f"wrote {len(figures)} figures x {len(formats)} formats (+ CSV) and an index to {out}/README.md")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="lensing", description="Look inside latent-reasoning language models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -78,6 +153,30 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-new-tokens", type=int, default=160)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_cmd_trace)
+
+    p = sub.add_parser("collapse", help="feature-collapse and distribution-mismatch metrics for two models")
+    p.add_argument("--before", default="arith-tiny:hidden")
+    p.add_argument("--after", default="arith-tiny")
+    p.add_argument("--text-before", default="arith-tiny:cot", help="model to compare on text positions")
+    p.add_argument("--n", type=int, default=300, help="test problems (all difficulties)")
+    p.add_argument("--latents", type=int, default=6, help="length of the forced latent chain")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--out", help="directory for collapse.csv and collapse.json")
+    p.set_defaults(func=_cmd_collapse)
+
+    p = sub.add_parser("trails", help="depth, chain and attribution trails grouped by reasoning structure")
+    p.add_argument("model")
+    p.add_argument("--steps", type=int, default=3, help="problem difficulty (one, so chains align)")
+    p.add_argument("--n", type=int, default=200)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--out", help="directory for trails.csv and trails.json")
+    p.set_defaults(func=_cmd_trails)
+
+    p = sub.add_parser("figures", help="regenerate every paper figure from the bundled models")
+    p.add_argument("--model", default="arith-tiny")
+    p.add_argument("--out", default="figures")
+    p.add_argument("--formats", default="png,svg,pdf,html")
+    p.set_defaults(func=_cmd_figures)
 
     args = parser.parse_args(argv)
     try:

@@ -192,3 +192,14 @@ def test_safetensors_only(tiny_lm, tmp_path):
     names = {p.name for p in (tmp_path / "c").iterdir()}
     assert "model.safetensors" in names and not any(n.endswith((".bin", ".pt", ".pkl")) for n in names)
     assert load_file(str(tmp_path / "c" / "model.safetensors"))
+
+
+@torch.no_grad()
+def test_forced_latents_chain(lm):
+    traces = lm.generate(PROMPTS, max_new_tokens=10, force_latents=4)
+    for trace in traces:
+        p = trace.prompt_length
+        assert trace.kinds[p : p + 4] == ["latent"] * 4 and trace.latent_positions[:4] == list(range(p, p + 4))
+        logits, hidden = full_forward(lm, trace.input_embeds)
+        latent, _ = lm.latent_embedding(hidden[p + 2], logits[p + 2])
+        torch.testing.assert_close(trace.input_embeds[p + 3], latent, atol=1e-5, rtol=0)

@@ -57,6 +57,7 @@ class LatentLM(nn.Module):
             embedding and LM-head rows copied from ``init_token`` (default: the EOS token).
         config: how latents are built.
         answer_marker: text after which generated tokens count as the answer (``kinds``).
+        add_bos: whether prompts start with the BOS token (as the model was trained).
     """
 
     def __init__(
@@ -66,8 +67,10 @@ class LatentLM(nn.Module):
         config: LatentConfig | None = None,
         answer_marker: str | None = None,
         init_token: str | None = None,
+        add_bos: bool = True,
     ) -> None:
         super().__init__()
+        self.add_bos = add_bos
         self.model = model
         self.tokenizer = tokenizer
         self.config = config or LatentConfig()
@@ -116,8 +119,10 @@ class LatentLM(nn.Module):
             h, logits, self.model.get_input_embeddings().weight, self.config, self.thinking_id, self.adapter
         )
 
-    def encode(self, text: str, add_bos: bool = True) -> list[int]:
-        """Token ids of ``text``; characters the tokenizer cannot represent raise ValueError."""
+    def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
+        """Token ids of ``text`` (BOS first when ``add_bos``, default: the model's own convention);
+        characters the tokenizer cannot represent raise ValueError."""
+        add_bos = self.add_bos if add_bos is None else add_bos
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         unk = self.tokenizer.unk_token_id
         if unk is not None and unk in ids:
@@ -256,12 +261,15 @@ class LatentLM(nn.Module):
     # ------------------------------------------------------------ generation
     @torch.no_grad()
     def generate(
-        self, prompts: str | list[str], max_new_tokens: int = 128, meta: list[dict] | None = None
+        self, prompts: str | list[str], max_new_tokens: int = 128, meta: list[dict] | None = None,
+        force_latents: int = 0,
     ) -> list[Trace]:
         """Batched greedy generation with the KV cache; a latent is fed whenever argmax is `<thinking>`.
 
-        Prompts are left-padded; a row stops after it emits EOS. Returns one :class:`Trace` per
-        prompt holding the prompt and every generated position.
+        Prompts are left-padded; a row stops after it emits EOS. ``force_latents=k`` makes the first
+        k generated positions latents whatever the argmax (Coconut's "forcing k thoughts"), so every
+        sample has a chain of exactly k latents to compare. Returns one :class:`Trace` per prompt
+        holding the prompt and every generated position.
         """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts:
@@ -289,8 +297,8 @@ class LatentLM(nn.Module):
         finished = torch.zeros(batch, dtype=torch.bool, device=dev)
         lengths = torch.zeros(batch, dtype=torch.long)
         eos = self.tokenizer.eos_token_id
-        for _ in range(max_new_tokens):
-            token = last_logits.argmax(-1)
+        for step in range(max_new_tokens):
+            token = last_logits.argmax(-1) if step >= force_latents else torch.full_like(last_pos, self.thinking_id)
             token = torch.where(finished, self._pad_id, token)
             lengths += (~finished).long().cpu()
             emb = self.embed(token)
@@ -352,7 +360,7 @@ class LatentLM(nn.Module):
                 "format": CHECKPOINT_FORMAT, "latent_config": self.config.to_dict(),
                 "answer_marker": self.answer_marker, "thinking_id": self.thinking_id,
                 "vocab_size": self.model.get_input_embeddings().num_embeddings, "d_model": self.d_model,
-                "attn_implementation": self.model.config._attn_implementation,
+                "attn_implementation": self.model.config._attn_implementation, "add_bos": self.add_bos,
                 **(extra or {}),
             }
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
@@ -386,7 +394,8 @@ class LatentLM(nn.Module):
                 f"{model.get_input_embeddings().embedding_dim} embeddings and tokenizer {len(tokenizer)} tokens, "
                 f"metadata says {meta['vocab_size']} x {meta['d_model']} with <thinking> id {meta['thinking_id']}"
             )
-        lm = cls(model, tokenizer, LatentConfig.from_dict(meta["latent_config"]), meta.get("answer_marker"))
+        lm = cls(model, tokenizer, LatentConfig.from_dict(meta["latent_config"]), meta.get("answer_marker"),
+                 add_bos=meta.get("add_bos", True))
         if lm.adapter is not None:
             try:
                 lm.adapter.load_state_dict(load_file(str(directory / ADAPTER_FILE)))

@@ -1,0 +1,234 @@
+"""Trails: the paths representations take (DESIGN §2), and whether same-structure inputs share them.
+
+- depth trail: one position's residual stream across read-out layers (x^0 .. x^L);
+- chain trail: the states at successive reasoning anchors (the end of each CoT line) at one layer;
+- attribution trail: token -> attention head -> residual write -> logit edges that carry most of
+  the direct attribution to a predicted token.
+
+"Falling into the rut": same-structure inputs should have more similar trails than others
+(the ratio of within- to between-structure cosine distance is below 1 at a layer), and a trail should retrieve its own structure from a
+library better than a bag-of-tokens baseline. Collapse is the degenerate case where everything
+is similar, so the report puts trail and collapse numbers side by side.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import pandas as pd
+import plotly.graph_objects as go
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from lensing.metrics import effective_rank, mean_pairwise_cosine
+from lensing.model import LatentLM, Trace
+from lensing.studies.collapse import text_anchors
+from lensing.tasks import Problem
+from lensing.viz.style import OKABE_ITO, apply_style
+
+
+# ------------------------------------------------------------------ pure functions
+def centred_cosine_matrix(x: Float[Tensor, "n d"]) -> Float[Tensor, "n n"]:
+    """Cosine similarity between rows after subtracting the mean row.
+
+    >>> centred_cosine_matrix(torch.tensor([[1.0, 0.0], [3.0, 0.0], [2.0, 1.0], [2.0, -1.0]]))[0, 1]
+    tensor(-1.)
+    """
+    u = torch.nn.functional.normalize(x - x.mean(0, keepdim=True), dim=-1)
+    return u @ u.T
+
+
+def within_between(similarity: Float[Tensor, "n n"], groups: list) -> tuple[float, float]:
+    """Mean off-diagonal similarity within the same group and between different groups."""
+    g = torch.tensor([hash(x) for x in groups])
+    same = g[:, None] == g[None, :]
+    off = ~torch.eye(len(groups), dtype=torch.bool)
+    within, between = similarity[same & off], similarity[~same]
+    return (float(within.mean()) if within.numel() else float("nan"),
+            float(between.mean()) if between.numel() else float("nan"))
+
+
+def distance_ratio(within: float, between: float) -> float:
+    """Within- over between-group cosine distance (1 - similarity); below 1 = same-group closer.
+
+    >>> distance_ratio(0.8, 0.2)
+    0.25
+    """
+    return (1 - within) / (1 - between) if between != 1 else float("nan")
+
+
+def step_direction_cosine(a: Float[Tensor, "steps d"], b: Float[Tensor, "steps d"]) -> float:
+    """Mean cosine between the step directions (consecutive differences) of two equally long chains."""
+    if len(a) != len(b) or len(a) < 2:
+        raise ValueError(f"chains must have the same number (>= 2) of steps, got {len(a)} and {len(b)}")
+    return float(torch.nn.functional.cosine_similarity(a.diff(dim=0), b.diff(dim=0), dim=-1).mean())
+
+
+def dtw_distance(a: Float[Tensor, "m d"], b: Float[Tensor, "n d"]) -> float:
+    """Dynamic time warping with cosine distance, normalised by the warping-path length bound m + n.
+
+    >>> x = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    >>> dtw_distance(x, torch.cat([x[:1], x]))
+    0.0
+    """
+    cost = 1 - torch.nn.functional.normalize(a, dim=-1) @ torch.nn.functional.normalize(b, dim=-1).T
+    m, n = cost.shape
+    acc = torch.full((m + 1, n + 1), float("inf"), dtype=cost.dtype)
+    acc[0, 0] = 0
+    for i in range(1, m + 1):
+        for j in range(1, n + 1):
+            acc[i, j] = cost[i - 1, j - 1] + torch.min(torch.stack([acc[i - 1, j], acc[i, j - 1], acc[i - 1, j - 1]]))
+    return float(acc[m, n] / (m + n))
+
+
+def capture_rate(features: Float[Tensor, "n f"], groups: list, library_fraction: float = 0.5, seed: int = 0) -> float:
+    """Share of query items whose nearest library item (cosine, centred) has the same group.
+
+    Items are split at random into a library and queries; chance is about the share of library
+    items in the query's own group.
+    """
+    n = len(groups)
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    cut = max(1, int(n * library_fraction))
+    lib, queries = order[:cut], order[cut:]
+    sim = centred_cosine_matrix(features.double())
+    nearest = sim[queries][:, lib].argmax(dim=1)
+    return sum(groups[q] == groups[lib[int(j)]] for q, j in zip(queries, nearest, strict=True)) / len(queries)
+
+
+def bag_of_tokens(traces: list[Trace], vocab_size: int) -> Int[Tensor, "n vocab"]:
+    """Counts of each token id in each trace's prompt: the baseline a trail must beat."""
+    out = torch.zeros(len(traces), vocab_size)
+    for i, t in enumerate(traces):
+        ids = t.token_ids[: t.prompt_length]
+        out[i].index_add_(0, ids, torch.ones(len(ids)))
+    return out
+
+
+def pca_3d(x: Float[Tensor, "n d"]) -> Float[Tensor, "n 3"]:
+    """Projection on the top-3 principal components."""
+    centred = x.double() - x.double().mean(0)
+    _, _, v = torch.linalg.svd(centred, full_matrices=False)
+    return (centred @ v[:3].T).float()
+
+
+# ------------------------------------------------------------------ the study
+@dataclass
+class TrailsReport:
+    """Per read-out layer: trail similarity within vs between structures, retrieval and collapse."""
+
+    table: pd.DataFrame
+    chain_trails: list[Float[Tensor, "steps layer d_model"]]
+    structures: list[str]
+    attribution: pd.DataFrame
+
+    def to_dataframe(self) -> pd.DataFrame:
+        return self.table
+
+    def pca_trajectories(self, layer: int = -1) -> tuple[Float[Tensor, "n steps 3"], list[str]]:
+        """Chain trails at one layer projected on their joint top-3 principal components."""
+        steps = {len(c) for c in self.chain_trails}
+        if len(steps) != 1:
+            raise ValueError(f"chain trails have different lengths {sorted(steps)}: use problems with one step count")
+        x = torch.stack([c[:, layer] for c in self.chain_trails])  # [n, steps, d]
+        flat = pca_3d(x.reshape(-1, x.shape[-1]))
+        return flat.reshape(x.shape[0], x.shape[1], 3), self.structures
+
+    def plot(self) -> go.Figure:
+        t = self.table
+        fig = go.Figure()
+        fig.add_trace(go.Scatter(x=t.layer, y=t.depth_ratio, mode="lines+markers", name="depth trail: within/between distance",
+                                 line={"color": OKABE_ITO["vermillion"]}))
+        fig.add_trace(go.Scatter(x=t.layer, y=t.chain_ratio, mode="lines+markers", name="chain trail: within/between distance",
+                                 line={"color": OKABE_ITO["blue"]}))
+        fig.add_trace(go.Scatter(x=t.layer, y=t.capture_rate, mode="lines+markers", name="library capture rate",
+                                 line={"color": OKABE_ITO["green"]}, yaxis="y2"))
+        fig.add_trace(go.Scatter(x=t.layer, y=t.baseline_capture_rate, mode="lines", name="bag-of-tokens capture",
+                                 line={"color": OKABE_ITO["green"], "dash": "dash"}, yaxis="y2"))
+        fig.add_hline(y=1, line={"color": "#999999", "dash": "dot"})
+        fig.update_layout(yaxis={"title": "within / between distance (<1: rut)"},
+                          yaxis2={"title": "capture rate", "overlaying": "y", "side": "right", "range": [0, 1]},
+                          xaxis={"title": "read-out layer"})
+        return apply_style(fig, 880, 380, "trails: same-structure similarity and retrieval by layer")
+
+    def plot_pca(self, layer: int = -1) -> go.Figure:
+        traj, structures = self.pca_trajectories(layer)
+        palette = list(OKABE_ITO.values())
+        names = sorted(set(structures))
+        fig = go.Figure()
+        for i, s in enumerate(structures):
+            c = palette[names.index(s) % len(palette)]
+            fig.add_trace(go.Scatter3d(x=traj[i, :, 0], y=traj[i, :, 1], z=traj[i, :, 2], mode="lines+markers",
+                                       line={"color": c, "width": 3}, marker={"size": 3, "color": c}, name=s,
+                                       legendgroup=s, showlegend=s not in structures[:i]))
+        return apply_style(fig, 640, 520, f"chain trails in PCA space (layer {layer}), colour = structure")
+
+
+def _anchor_prompt_end(trace: Trace) -> int:
+    return trace.prompt_length - 1
+
+
+@torch.no_grad()
+def attribution_trail(probe, trace: Trace, position: int, top_k: int = 3) -> pd.DataFrame:
+    """The strongest token -> head -> logit edges for the token predicted at ``position``.
+
+    Each edge's weight is the head's direct logit attribution times the attention weight from
+    ``position`` to the source token: how much of the head's write came from that token.
+    """
+    parts = probe.decompose([trace], positions=[position])
+    attn = probe.attention([trace]).patterns[0]  # [layer, head, q, k]
+    n_heads = probe.n_heads
+    order = parts.head_dla[:, 0].abs().argsort(descending=True)[:top_k]
+    rows = []
+    for h in order.tolist():
+        layer, head = divmod(h, n_heads)
+        weights = attn[layer, head, position]
+        for src in weights.topk(min(top_k, len(weights))).indices.tolist():
+            rows.append({"source_position": src, "source_token": trace.tokens[src], "source_kind": trace.kinds[src],
+                         "head": parts.head_labels[h], "head_dla": float(parts.head_dla[h, 0]),
+                         "attention": float(weights[src]), "edge": float(parts.head_dla[h, 0] * weights[src]),
+                         "target_token": probe.lm.tokenizer.decode([int(parts.target_ids[0])])})
+    return pd.DataFrame(rows).sort_values("edge", key=abs, ascending=False, ignore_index=True)
+
+
+@torch.no_grad()
+def trails_study(lm: LatentLM, problems: list[Problem], seed: int = 0) -> TrailsReport:
+    """Depth and chain trails for ``problems`` (use one step count so chains align), grouped by structure."""
+    from lensing.probes import attach
+
+    if not problems:
+        raise ValueError("empty problem list: nothing to trace")
+    probe = attach(lm)
+    traces = lm.generate([p.prompt for p in problems], max_new_tokens=160)
+    _, cache, batch = probe.run_with_cache(traces, probe.resid_names())
+    stack = probe.resid_stack(cache).float().cpu()  # [layer, batch, pos, d]
+    structures = [p.structure for p in problems]
+    depth = torch.stack([stack[:, i, _anchor_prompt_end(t)] for i, t in enumerate(traces)])  # [n, layer, d]
+    chains, chain_structures = [], []
+    for i, t in enumerate(traces):
+        anchors = text_anchors(t)
+        if len(anchors) == problems[i].steps:  # keep complete chains only
+            chains.append(stack[:, i, anchors].permute(1, 0, 2))  # [steps, layer, d]
+            chain_structures.append(structures[i])
+    bag = bag_of_tokens(traces, lm.model.get_input_embeddings().num_embeddings)
+    baseline = capture_rate(bag, structures, seed=seed)
+    rows = []
+    for layer, label in enumerate(probe.layer_labels):
+        sim = centred_cosine_matrix(depth[:, layer])
+        within, between = within_between(sim, structures)
+        row = {"layer": label, "depth_within": within, "depth_between": between, "depth_ratio": distance_ratio(within, between), "capture_rate": capture_rate(depth[:, layer], structures, seed=seed),
+               "baseline_capture_rate": baseline,
+               "effective_rank": float(effective_rank(depth[:, layer])),
+               "mean_cosine": float(mean_pairwise_cosine(depth[:, layer]))}
+        if len(chains) >= 2 and len({len(c) for c in chains}) == 1 and len(chains[0]) >= 2:
+            deltas = torch.stack([c[:, layer].diff(dim=0).flatten() for c in chains])
+            c_within, c_between = within_between(centred_cosine_matrix(deltas), chain_structures)
+            row.update(chain_within=c_within, chain_between=c_between, chain_ratio=distance_ratio(c_within, c_between))
+        rows.append(row)
+    answer_positions = [t.kinds.index("answer") for t in traces[:1] if "answer" in t.kinds]
+    attribution = (attribution_trail(probe, traces[0], answer_positions[0] + 2) if answer_positions
+                   and answer_positions[0] + 2 < len(traces[0]) else pd.DataFrame())
+    return TrailsReport(pd.DataFrame(rows), chains, chain_structures, attribution)

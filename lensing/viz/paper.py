@@ -1,0 +1,344 @@
+"""`lensing figures`: every paper figure from the bundled models, as static files, HTML, CSV and an index.
+
+Each figure is built from result objects (their ``.plot()`` or a figure builder here), written in
+every requested format, with the numbers behind it as CSV and a caption that states the key
+number in ``figures/README.md``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import plotly.io as pio
+import torch
+from plotly.subplots import make_subplots
+from tqdm.auto import tqdm
+
+from lensing.viz.style import KIND_COLORS, OKABE_ITO, VARIANT_COLORS, apply_style
+
+STATIC_FORMATS = ("png", "svg", "pdf")
+VARIANTS = ("cot", "hidden", "lt")
+
+
+@dataclass
+class Figure:
+    """One output: the plotly figure, the numbers behind it and its caption."""
+
+    name: str
+    figure: go.Figure
+    data: pd.DataFrame
+    caption: str
+
+
+def _mean_se(values: list[list[float]], length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, standard error and count per index over ragged sequences."""
+    mean, se, count = np.full(length, np.nan), np.full(length, np.nan), np.zeros(length, dtype=int)
+    for i in range(length):
+        column = np.array([v[i] for v in values if len(v) > i])
+        count[i] = len(column)
+        if len(column):
+            mean[i] = column.mean()
+            se[i] = column.std(ddof=1) / np.sqrt(len(column)) if len(column) > 1 else 0.0
+    return mean, se, count
+
+
+# ------------------------------------------------------------------ figure builders
+def accuracy_figure(evals: dict) -> Figure:
+    rows = []
+    for variant, result in evals.items():
+        for r in result.to_dataframe().to_dict(orient="records"):
+            rows.append({"variant": variant, **r})
+    df = pd.DataFrame(rows)
+    fig = go.Figure()
+    for variant in evals:
+        part = df[(df.variant == variant) & (df.steps != "all")]
+        fig.add_trace(go.Bar(x=part.steps, y=part.accuracy, name=f"arith-tiny:{variant}",
+                             marker_color=VARIANT_COLORS[variant]))
+    fig.update_layout(barmode="group", xaxis_title="reasoning steps (difficulty)", yaxis_title="test accuracy (%)",
+                      yaxis_range=[0, 105])
+    overall = df[df.steps == "all"].set_index("variant").accuracy
+    caption = ("Greedy test accuracy by number of steps for the three stages. Overall: "
+               + ", ".join(f":{v} {overall[v]:.1f}%" for v in evals) + ".")
+    return Figure("accuracy_by_difficulty", apply_style(fig, 880, 340), df, caption)
+
+
+def latents_figure(evals: dict) -> Figure:
+    rows = [{"variant": v, **r} for v, res in evals.items() for r in res.to_dataframe().to_dict(orient="records")]
+    df = pd.DataFrame(rows)
+    df = df[(df.steps != "all") & (df.variant != "cot")]
+    fig = go.Figure()
+    for variant in ("hidden", "lt"):
+        part = df[df.variant == variant]
+        fig.add_trace(go.Scatter(x=part.steps.astype(int), y=part.mean_latents, mode="lines+markers",
+                                 name=f"arith-tiny:{variant}", line={"color": VARIANT_COLORS[variant]}))
+    fig.update_layout(xaxis_title="reasoning steps (difficulty)", yaxis_title="mean <thinking> tokens per problem")
+    lt = df[df.variant == "lt"].set_index("steps").mean_latents
+    grows = bool(np.all(np.diff(lt.values) >= -1e-9))
+    caption = (f"Paper Fig. 3 analogue: latents emitted per problem by :lt grow from {lt.iloc[0]:.2f} (1 step) to "
+               f"{lt.iloc[-1]:.2f} (6 steps); {'monotonically' if grows else 'not monotonically'}.")
+    return Figure("latents_vs_difficulty", apply_style(fig), df, caption)
+
+
+def entropy_attention_figure(traces: dict, probes: dict) -> Figure:
+    fig = make_subplots(1, 2, subplot_titles=("next-token entropy", "last-layer attention share on latents"),
+                        horizontal_spacing=0.14)
+    rows = []
+    length = 60
+    for variant in ("cot", "lt"):
+        gen = [t.entropy[t.prompt_length:].tolist() for t in traces[variant]]
+        shares = probes[variant].attention(traces[variant]).share_on("latent", layer=-1)
+        share = [s[t.prompt_length:].tolist() for s, t in zip(shares, traces[variant], strict=True)]
+        for col, values in ((1, gen), (2, share)):
+            mean, se, count = _mean_se(values, length)
+            x = np.arange(1, length + 1)
+            keep = count >= 10
+            color = VARIANT_COLORS[variant]
+            fig.add_trace(go.Scatter(x=np.r_[x[keep], x[keep][::-1]], y=np.r_[(mean + se)[keep], (mean - se)[keep][::-1]],
+                                     fill="toself", line={"width": 0}, fillcolor=color, opacity=0.25,
+                                     showlegend=False, hoverinfo="skip"), 1, col)
+            fig.add_trace(go.Scatter(x=x[keep], y=mean[keep], mode="lines", name=f"arith-tiny:{variant}",
+                                     line={"color": color}, showlegend=col == 1), 1, col)
+            rows += [{"variant": variant, "panel": "entropy" if col == 1 else "latent_share", "position": int(i),
+                      "mean": m, "se": s, "n": int(c)} for i, m, s, c in zip(x, mean, se, count, strict=True)]
+    fig.update_xaxes(title="generated position")
+    df = pd.DataFrame(rows)
+    lt_share = df[(df.variant == "lt") & (df.panel == "latent_share") & (df.n >= 10)]["mean"]
+    caption = (f"Paper Fig. 4 analogue over {len(traces['lt'])} test problems (mean ± s.e.): per-position entropy, "
+               f"and the head-averaged last-layer attention share on <thinking> positions (:lt peak "
+               f"{lt_share.max():.3f}).")
+    return Figure("entropy_and_latent_attention", apply_style(fig, 880, 340), df, caption)
+
+
+def pca_collapse_figure(chains: dict, report) -> Figure:
+    """Paper Fig. 5 in numbers and pictures: PCA of latent inputs at steps 1/3/4/6, with collapse curves."""
+    steps = (1, 3, 4, 6)
+    variants = list(chains)
+    fig = make_subplots(2, len(steps) + 1, subplot_titles=[f"{v} step {s}" for v in variants for s in steps]
+                        + [""] * 0, specs=[[{}] * (len(steps) + 1)] * 2, horizontal_spacing=0.05,
+                        vertical_spacing=0.14)
+    rows = []
+    for r, variant in enumerate(variants):
+        x = chains[variant]  # [n, steps, d]
+        flat = x.reshape(-1, x.shape[-1]).double()
+        centred = flat - flat.mean(0)
+        _, _, v = torch.linalg.svd(centred, full_matrices=False)
+        proj = (centred @ v[:2].T).reshape(x.shape[0], x.shape[1], 2)
+        for c, step in enumerate(steps):
+            p = proj[:, step - 1]
+            fig.add_trace(go.Scatter(x=p[:, 0], y=p[:, 1], mode="markers", showlegend=False,
+                                     marker={"size": 5, "color": VARIANT_COLORS[variant]}), r + 1, c + 1)
+            rows += [{"variant": variant, "step": step, "sample": i, "pc1": float(a), "pc2": float(b)}
+                     for i, (a, b) in enumerate(p.tolist())]
+    eff = report.compare("effective_rank")
+    cos = report.compare("mean_cosine")
+    for r, (table, title) in enumerate(((eff, "effective rank"), (cos, "cross-sample cosine"))):
+        for model in table.columns:
+            variant = model.split(":")[-1] if ":" in model else "lt"
+            fig.add_trace(go.Scatter(x=table.index, y=table[model], mode="lines+markers", name=model,
+                                     line={"color": VARIANT_COLORS.get(variant, "#000")}, showlegend=r == 0),
+                          r + 1, len(steps) + 1)
+        fig.update_yaxes(title=title, row=r + 1, col=len(steps) + 1)
+    fig.update_xaxes(title="latent step", row=2, col=len(steps) + 1)
+    e6 = eff.loc[eff.index.max()]
+    c6 = cos.loc[cos.index.max()]
+    caption = (f"Paper Fig. 5 with numbers: PCA (shared axes per row) of latent input vectors of "
+               f"{chains[variants[0]].shape[0]} test problems under a forced chain of 6 latents, and cross-sample "
+               f"effective rank / cosine by step. At step 6: effective rank "
+               + ", ".join(f"{m} {e6[m]:.2f}" for m in e6.index) + "; cosine "
+               + ", ".join(f"{m} {c6[m]:.3f}" for m in c6.index) + ".")
+    return Figure("latent_pca_and_collapse", apply_style(fig, 1100, 500), pd.DataFrame(rows), caption)
+
+
+def mismatch_figure(report) -> Figure:
+    df = report.table[report.table.layer == "embed"]
+    fig = make_subplots(1, 3, subplot_titles=("Fréchet distance to tokens", "norm ratio to tokens",
+                                              "cosine to nearest token"), horizontal_spacing=0.1)
+    for c, metric in enumerate(("frechet_to_tokens", "norm_ratio", "nearest_token_cosine")):
+        for model, part in df.groupby("model", sort=False):
+            variant = model.split(":")[-1] if ":" in model else "lt"
+            fig.add_trace(go.Scatter(x=part.step, y=part[metric], mode="lines+markers", name=model,
+                                     line={"color": VARIANT_COLORS.get(variant, "#000")}, showlegend=c == 0), 1, c + 1)
+    fig.update_xaxes(title="latent step")
+    f = df.groupby("model", sort=False).frechet_to_tokens.mean()
+    caption = ("Distribution mismatch of latent inputs against the token-embedding cloud. Mean Fréchet distance "
+               "over steps: " + ", ".join(f"{m} {v:.2f}" for m, v in f.items()) + ".")
+    return Figure("distribution_mismatch", apply_style(fig, 880, 320), df, caption)
+
+
+def logit_lens_figure(lens, decoding) -> Figure:
+    fig = lens.plot(trace=0, value="target_prob")
+    df = lens.to_dataframe()
+    df = df[df.trace == 0]
+    lat = decoding.to_dataframe()
+    final = df[df.layer == df.layer.max()]
+    caption = (f"Logit lens on one :lt trace (layers x positions, ◆ = latent, cell text = top-1 token, colour = "
+               f"probability of the next gold token). Mean prediction depth {final.prediction_depth.mean():.2f} of "
+               f"{df.layer.max()} layers; {len(lat[lat.trace == 0]) // max(1, df.layer.max() + 1)} latent(s) decoded.")
+    return Figure("logit_lens", fig, df, caption)
+
+
+def latent_decoding_figure(decoding) -> Figure:
+    df = decoding.to_dataframe()
+    last = df[df.layer == df.layer.max()]
+    digit = last.top1.str.fullmatch(r"\d").mean() if len(last) else float("nan")
+    caption = (f"What latent positions decode to at each layer (Coconut's decoding of continuous thoughts): at the "
+               f"last layer {100 * digit:.0f}% of {len(last)} latents decode to a digit.")
+    return Figure("latent_decoding", decoding.plot(trace=int(df.trace.iloc[0]) if len(df) else 0), df, caption)
+
+
+def attention_figure(attn, trace_index: int) -> Figure:
+    df = attn.segment_shares()
+    last = df[(df.layer == df.layer.max()) & (df.query_kind == "answer") & (df.key_kind == "latent")]
+    share = float(last.share.iloc[0]) if len(last) else float("nan")
+    caption = (f"Head-averaged last-layer attention on one :lt trace (latent rows/columns dotted) and the share each "
+               f"segment gets from each other; answer → latent share at the last layer: {share:.3f}.")
+    return Figure("attention", attn.plot(trace=trace_index), df, caption)
+
+
+def decomposition_figure(parts) -> Figure:
+    df = parts.to_dataframe()
+    by_part = df[df.type != "head"].groupby("part", sort=False).dla.mean()
+    top = by_part.abs().idxmax()
+    caption = (f"Direct logit attribution to the first answer digit, by part and by head (one :lt trace); over "
+               f"{parts.dla.shape[1]} answer-digit positions the largest mean contributor is {top} "
+               f"({by_part[top]:.2f} logits).")
+    answer = [i for i, k in enumerate(parts.kind) if k == "answer" and parts.token[i].isdigit()]
+    return Figure("residual_decomposition", parts.plot(column=answer[0] if answer else None), df, caption)
+
+
+def trails_pca_figure(report) -> Figure:
+    traj, structures = report.pca_trajectories(layer=-1)
+    df = pd.DataFrame([{"trail": i, "structure": s, "step": j + 1, "pc1": float(traj[i, j, 0]),
+                        "pc2": float(traj[i, j, 1]), "pc3": float(traj[i, j, 2])}
+                       for i, s in enumerate(structures) for j in range(traj.shape[1])])
+    caption = (f"Chain trails (residual at the end of each CoT line, last layer) of {len(structures)} 3-step problems "
+               f"in PCA space, coloured by reasoning structure ({len(set(structures))} structures).")
+    return Figure("trails_pca", report.plot_pca(layer=-1), df, caption)
+
+
+def trails_ratio_figure(report) -> Figure:
+    t = report.table
+    best = t.loc[t.depth_ratio.idxmin()]
+    caption = (f"Within/between-structure cosine distance of depth trails (prompt end) and chain trails by layer "
+               f"(< 1: same-structure trails closer), with library capture rate vs a bag-of-tokens baseline "
+               f"({t.baseline_capture_rate.iloc[0]:.2f}). Best depth ratio {best.depth_ratio:.3f} at {best.layer}, "
+               f"capture {best.capture_rate:.2f}.")
+    return Figure("trails_structure_ratio", report.plot(), t, caption)
+
+
+# ------------------------------------------------------------------ pipeline
+def build_figures(model: str = "arith-tiny", n_eval: int = 50, n_analysis: int = 120, log=print) -> list[Figure]:
+    """Runs every analysis on the bundled variants and returns the figures."""
+    import lensing
+    from lensing.studies import collapse_study, trails_study
+    from lensing.tasks import make_splits
+    from lensing.train import evaluate
+
+    base = model.split(":")[0]
+    steps: list[tuple[str, Callable]] = []
+    state: dict = {}
+    out: list[Figure] = []
+
+    def load_models():
+        state["lms"] = {v: lensing.load(f"{base}:{v}") for v in VARIANTS}
+
+    def run_eval():
+        problems = make_splits(0, 0, n_eval, seed=0).test
+        state["evals"] = {v: evaluate(lm, problems) for v, lm in state["lms"].items()}
+        out.append(accuracy_figure(state["evals"]))
+        out.append(latents_figure(state["evals"]))
+
+    def run_fig4():
+        problems = make_splits(0, 0, -(-n_analysis // 6), seed=0).test[:n_analysis]
+        traces = {v: state["evals"][v].traces[: len(problems)] for v in ("cot", "lt")}
+        state["probes"] = {v: lensing.attach(lensing.load(f"{base}:{v}")) for v in ("cot", "lt")}
+        for v in ("cot", "lt"):
+            state["probes"][v].lm.eval()
+        out.append(entropy_attention_figure(traces, state["probes"]))
+
+    def run_collapse():
+        problems = make_splits(0, 0, -(-n_analysis // 6), seed=0).test[:n_analysis]
+        models = {f"{base}:hidden": lensing.load(f"{base}:hidden"), f"{base}:lt": lensing.load(f"{base}:lt")}
+        report = collapse_study(models, problems, where="latent", force_latents=6)
+        chains = {}
+        for name, lm in models.items():
+            traces = lm.generate([p.prompt for p in problems[:20]], force_latents=6)
+            chains[name.split(":")[-1]] = torch.stack([t.input_embeds[t.latent_positions[:6]] for t in traces])
+        out.append(pca_collapse_figure(chains, report))
+        out.append(mismatch_figure(report))
+        state["collapse"] = report
+
+    def run_probes():
+        probe = state["probes"]["lt"]
+        traces = [t for t in state["evals"]["lt"].traces if t.n_latents][:8] or state["evals"]["lt"].traces[:8]
+        results = probe.run(traces)
+        out.append(logit_lens_figure(results["logit_lens"], results["decode_latents"]))
+        out.append(latent_decoding_figure(results["decode_latents"]))
+        out.append(attention_figure(results["attention"], 0))
+        parts = probe.decompose(traces[:1], positions="answer")
+        out.append(decomposition_figure(parts))
+
+    def run_trails():
+        problems = make_splits(0, 0, 160, seed=0, difficulties=(3,)).test
+        report = trails_study(lensing.load(f"{base}:lt"), problems)
+        out.append(trails_pca_figure(report))
+        out.append(trails_ratio_figure(report))
+
+    steps = [("load models", load_models), ("accuracy and latents (eval)", run_eval),
+             ("entropy and attention (Fig. 4)", run_fig4), ("collapse and mismatch (Fig. 5)", run_collapse),
+             ("logit lens, attention, decomposition", run_probes), ("trails", run_trails)]
+    for desc, fn in tqdm(steps, desc="figures", file=sys.stderr):
+        t0 = time.time()
+        fn()
+        log(f"{desc}: {time.time() - t0:.0f}s")
+    return out
+
+
+def write_figures(figures: list[Figure], out: str | Path, formats: tuple[str, ...]) -> Path:
+    """Writes every figure in every format plus CSV and README.md into ``out``; all or nothing."""
+    unknown = set(formats) - {*STATIC_FORMATS, "html"}
+    if unknown:
+        raise ValueError(f"unknown formats {sorted(unknown)}; choose from png, svg, pdf, html")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".figures.", dir=out.parent))
+    try:
+        static = [f for f in formats if f in STATIC_FORMATS]
+        figs, paths = [], []
+        for f in figures:
+            f.data.to_csv(tmp / f"{f.name}.csv", index=False)
+            if "html" in formats:
+                f.figure.write_html(tmp / f"{f.name}.html", include_plotlyjs="cdn")
+            for fmt in static:
+                figs.append(f.figure)
+                paths.append(tmp / f"{f.name}.{fmt}")
+        if figs:
+            pio.write_images(figs, paths)
+        lines = ["# Figures", "", "Regenerated by `lensing figures` (`make figures`) from the bundled models.", ""]
+        for i, f in enumerate(figures, 1):
+            files = ", ".join(f"[{fmt}]({f.name}.{fmt})" for fmt in formats)
+            lines += [f"## {i}. {f.name}", "", f"![{f.name}]({f.name}.png)" if "png" in formats else "", "",
+                      f.caption, "", f"Files: {files}, [numbers]({f.name}.csv)", ""]
+        lines += ["## Not included", "",
+                  "Paper Fig. 6 (accuracy by choice of the hidden-state layer I): no layer-choice variants are "
+                  "trained or bundled, so this figure is not produced.", ""]
+        (tmp / "README.md").write_text("\n".join(lines))
+        if out.exists():
+            for child in out.iterdir():
+                if child.is_file():
+                    child.unlink()
+        out.mkdir(exist_ok=True)
+        for child in tmp.iterdir():
+            shutil.move(str(child), out / child.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

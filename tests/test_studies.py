@@ -1,0 +1,134 @@
+"""Collapse and trails studies: pure trail functions on hand cases, streaming statistics, end to end."""
+
+import random
+
+import pytest
+import torch
+from conftest import make_tiny_lm
+
+from lensing.metrics import effective_rank, mean_pairwise_cosine
+from lensing.studies import CollapseAccumulator, collapse_study, collect, trails_study
+from lensing.studies.trails import (
+    bag_of_tokens,
+    capture_rate,
+    centred_cosine_matrix,
+    dtw_distance,
+    pca_3d,
+    step_direction_cosine,
+    within_between,
+)
+from lensing.tasks import make_problem
+
+
+def test_within_between_by_hand():
+    sim = torch.tensor([[1.0, 0.8, 0.1], [0.8, 1.0, 0.3], [0.1, 0.3, 1.0]])
+    within, between = within_between(sim, ["a", "a", "b"])
+    assert within == pytest.approx(0.8) and between == pytest.approx(0.2)
+
+
+def test_centred_cosine_and_capture():
+    x = torch.tensor([[5.0, 0.0], [5.1, 0.1], [-5.0, 0.0], [-5.2, 0.1]] * 3)
+    groups = ["right", "right", "left", "left"] * 3
+    sim = centred_cosine_matrix(x)
+    assert torch.allclose(sim.diagonal(), torch.ones(12))
+    assert capture_rate(x, groups) == 1.0
+    assert capture_rate(torch.randn(200, 8, generator=torch.Generator().manual_seed(0)), ["a", "b"] * 100) < 0.7
+
+
+def test_chain_comparisons():
+    a = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0]])
+    assert step_direction_cosine(a, a * 3 + 1) == pytest.approx(1.0)
+    assert step_direction_cosine(a, -a) == pytest.approx(-1.0)
+    assert dtw_distance(a[1:], a[1:]) == pytest.approx(0.0, abs=1e-6)
+    stretched = torch.stack([a[1], a[1], a[2], a[2]])
+    assert dtw_distance(a[1:], stretched) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="same number"):
+        step_direction_cosine(a, a[:2])
+
+
+def test_pca_3d_keeps_the_main_directions():
+    gen = torch.Generator().manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(10, 3, generator=gen))[0].T  # 3 orthonormal directions
+    x = (torch.randn(50, 3, generator=gen) * torch.tensor([10.0, 5.0, 2.0])) @ basis
+    proj = pca_3d(x)
+    torch.testing.assert_close(proj.norm(dim=1), (x - x.mean(0)).norm(dim=1), atol=1e-3, rtol=1e-4)
+
+
+def test_accumulator_merge_equals_one_pass():
+    gen = torch.Generator().manual_seed(0)
+    samples = [(torch.randn(3, 2, 4, generator=gen), (i, i + 1)) for i in range(40)]
+    one = CollapseAccumulator(["embed", "L0"])
+    left, right = CollapseAccumulator(["embed", "L0"]), CollapseAccumulator(["embed", "L0"])
+    for i, (s, lab) in enumerate(samples):
+        one.add(s, lab)
+        (left if i < 17 else right).add(s, lab)
+    merged = left.merge(right)
+    for key, stats in one.moments.items():
+        torch.testing.assert_close(merged.moments[key].mean, stats.mean, atol=1e-6, rtol=0)
+        torch.testing.assert_close(merged.moments[key].covariance, stats.covariance, atol=1e-6, rtol=0)
+        assert merged.step_cos.get(key, (0, 0))[1] == one.step_cos.get(key, (0, 0))[1]
+        assert merged.step_cos.get(key, (0.0, 0))[0] == pytest.approx(one.step_cos.get(key, (0.0, 0))[0], abs=1e-9)
+    vectors = torch.stack([s[1, 0] for s, _ in samples])
+    table = one.table(torch.randn(30, 4, generator=gen), probe_folds=2)
+    row = table[(table.step == 2) & (table.layer == "embed")].iloc[0]
+    assert row.n == 40
+    assert row.effective_rank == pytest.approx(float(effective_rank(vectors.double())), rel=1e-6)
+    assert row.mean_cosine == pytest.approx(float(mean_pairwise_cosine(vectors.double())), rel=1e-6)
+
+
+def test_accumulator_memory_is_bounded():
+    acc = CollapseAccumulator(["embed"], reservoir_size=16)
+    for i in range(200):
+        acc.add(torch.randn(1, 1, 3), (i,))
+    assert len(acc.reservoir[(1, "embed")]) == 16 and acc.moments[(1, "embed")].count == 200
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory):
+    return make_tiny_lm(tmp_path_factory.mktemp("tok"))
+
+
+def test_collect_forced_latent_chains(lm):
+    rng = random.Random(0)
+    problems = [make_problem(2, rng) for _ in range(12)]
+    acc = collect(lm, problems, where="latent", force_latents=3, batch_size=5)
+    assert sorted({k[0] for k in acc.moments}) == [1, 2, 3]
+    assert all(m.count == 12 for m in acc.moments.values())
+    # the "embed" read-out of a latent is exactly the vector generation fed at that position
+    trace = lm.generate(problems[0].prompt, force_latents=3)[0]
+    fed = trace.input_embeds[trace.latent_positions[0]].double()
+    stored = [v for v, lab in acc.reservoir[(1, "embed")] if lab == problems[0].intermediates]
+    torch.testing.assert_close(stored[0].double(), fed, atol=1e-5, rtol=0)
+
+
+def test_collapse_study_table(lm):
+    rng = random.Random(1)
+    problems = [make_problem(3, rng) for _ in range(20)]
+    report = collapse_study({"a": lm, "b": lm}, problems, force_latents=2)
+    df = report.to_dataframe()
+    assert set(df.model) == {"a", "b"} and set(df.step) == {1, 2}
+    for column in ("effective_rank", "mean_cosine", "latent_distance", "vocab_distance", "norm_ratio",
+                   "nearest_token_cosine", "frechet_to_tokens", "mmd_to_tokens", "step_cosine"):
+        assert column in df.columns
+    a, b = report.compare("effective_rank")["a"], report.compare("effective_rank")["b"]
+    assert torch.allclose(torch.tensor(a.values), torch.tensor(b.values))  # same model, same numbers
+    assert len(report.plot().data) == 8
+    with pytest.raises(ValueError, match="where must be"):
+        collect(lm, problems, where="middle")
+
+
+def test_trails_study_runs_on_every_layer(lm):
+    rng = random.Random(2)
+    problems = [make_problem(2, rng) for _ in range(16)]
+    report = trails_study(lm, problems)
+    df = report.to_dataframe()
+    assert list(df.layer) == ["embed", "L0", "L1"]
+    assert df.depth_ratio.iloc[1:].notna().all()  # at "embed" every prompt ends with the same token
+    assert ((df.capture_rate >= 0) & (df.capture_rate <= 1)).all()
+
+
+def test_bag_of_tokens_counts(lm):
+    trace = lm.generate("a=1;b=a+1;b?\n", max_new_tokens=2)[0]
+    bag = bag_of_tokens([trace], lm.model.get_input_embeddings().num_embeddings)
+    one = lm.encode("1", add_bos=False)[0]
+    assert bag[0, one] == 2 and bag.sum() == trace.prompt_length
