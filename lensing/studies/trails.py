@@ -53,10 +53,10 @@ def within_between(similarity: Float[Tensor, "n n"], groups: list) -> tuple[floa
 def distance_ratio(within: float, between: float) -> float:
     """Within- over between-group cosine distance (1 - similarity); below 1 = same-group closer.
 
-    >>> distance_ratio(0.8, 0.2)
+    >>> round(distance_ratio(0.8, 0.2), 6)
     0.25
     """
-    return (1 - within) / (1 - between) if between != 1 else float("nan")
+    return (1 - within) / (1 - between) if between < 1 - 1e-6 else float("nan")
 
 
 def step_direction_cosine(a: Float[Tensor, "steps d"], b: Float[Tensor, "steps d"]) -> float:
@@ -217,15 +217,21 @@ def trails_study(lm: LatentLM, problems: list[Problem], seed: int = 0) -> Trails
     baseline = capture_rate(bag, structures, seed=seed)
     rows = []
     for layer, label in enumerate(probe.layer_labels):
-        sim = centred_cosine_matrix(depth[:, layer])
-        within, between = within_between(sim, structures)
-        row = {"layer": label, "depth_within": within, "depth_between": between, "depth_ratio": distance_ratio(within, between), "capture_rate": capture_rate(depth[:, layer], structures, seed=seed),
+        rank = float(effective_rank(depth[:, layer]))
+        if rank == 0:  # every trail is the same point here (e.g. the prompt's last token before any block)
+            within = between = capture = float("nan")
+        else:
+            within, between = within_between(centred_cosine_matrix(depth[:, layer]), structures)
+            capture = capture_rate(depth[:, layer], structures, seed=seed)
+        row = {"layer": label, "depth_within": within, "depth_between": between,
+               "depth_ratio": distance_ratio(within, between), "capture_rate": capture,
                "baseline_capture_rate": baseline,
-               "effective_rank": float(effective_rank(depth[:, layer])),
+               "effective_rank": rank,
                "mean_cosine": float(mean_pairwise_cosine(depth[:, layer]))}
         if len(chains) >= 2 and len({len(c) for c in chains}) == 1 and len(chains[0]) >= 2:
             deltas = torch.stack([c[:, layer].diff(dim=0).flatten() for c in chains])
-            c_within, c_between = within_between(centred_cosine_matrix(deltas), chain_structures)
+            c_within, c_between = (within_between(centred_cosine_matrix(deltas), chain_structures)
+                                   if float(effective_rank(deltas)) > 0 else (float("nan"), float("nan")))
             row.update(chain_within=c_within, chain_between=c_between, chain_ratio=distance_ratio(c_within, c_between))
         rows.append(row)
     answer_positions = [t.kinds.index("answer") for t in traces[:1] if "answer" in t.kinds]

@@ -60,8 +60,8 @@ class TrainConfig:
 # 4.3 (6 steps) uncertain tokens per problem (measured on 1,200 training problems).
 PRESETS = {
     "tiny": TrainConfig(latent=LatentConfig(tau=0.99)),
-    "smoke": TrainConfig(n_layers=2, d_model=32, n_heads=4, d_mlp=64, steps=(30, 10, 10), batch_size=16,
-                         warmup=5, n_train=40, n_val=4, n_test=4),
+    "smoke": TrainConfig(n_layers=2, d_model=32, n_heads=4, d_mlp=64, steps=(30, 4, 4), batch_size=8,
+                         warmup=5, n_train=20, n_val=1, n_test=1),
     # for --base (a pretrained model): the paper's learning rate, model size comes from the base
     "base": TrainConfig(steps=(600, 300, 300), lr=(5e-5, 5e-5, 5e-5), batch_size=16, warmup=30, n_train=2000,
                         n_val=20, n_test=50),
