@@ -73,10 +73,10 @@ class AttentionResult:
         layer_index = layer % self.patterns[trace].shape[0]
         shares = self.segment_shares()
         shares = shares[shares.layer == layer_index].pivot(index="query_kind", columns="key_kind", values="share")
-        fig = make_subplots(1, 2, column_widths=[0.62, 0.38], horizontal_spacing=0.16,
+        fig = make_subplots(1, 2, column_widths=[0.58, 0.42], horizontal_spacing=0.2,
                             subplot_titles=(f"layer {layer_index} pattern (head mean)", "share by segment"))
         fig.add_trace(go.Heatmap(z=pattern, x=labels, y=labels, colorscale="Viridis", zmin=0, zmax=1,
-                                 colorbar={"x": 0.5, "len": 0.9, "title": "attn"}), 1, 1)
+                                 colorbar={"x": 0.47, "len": 0.9, "title": "attn"}), 1, 1)
         fig.add_trace(go.Heatmap(z=shares.values, x=list(shares.columns), y=list(shares.index), colorscale="Viridis",
                                  zmin=0, zmax=1, text=shares.round(2).values, texttemplate="%{text}", showscale=False), 1, 2)
         for i, kind in enumerate(self.kinds[trace]):
@@ -87,7 +87,7 @@ class AttentionResult:
         fig.update_xaxes(tickfont={"size": 7}, row=1, col=1)
         fig.update_xaxes(title="key segment", row=1, col=2)
         fig.update_yaxes(title="query segment", row=1, col=2)
-        return apply_style(fig, 880, 440)
+        return apply_style(fig, 960, 480)
 
 
 def compute_attention(probe, cache, batch) -> AttentionResult:

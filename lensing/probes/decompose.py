@@ -83,9 +83,8 @@ class DecompositionResult:
         label = token_label(self.position[column], self.token[column], self.kind[column])
         title = f"trace {self.trace_index[column]}, position {label}: logit {float(self.logit[column]):.2f}"
         fig.update_yaxes(title="direct logit attribution", row=1, col=1)
-        fig.add_annotation(text=self.kind[column], x=0.01, y=1.12, xref="paper", yref="paper", showarrow=False,
-                           font={"color": KIND_COLORS.get(self.kind[column], "black")})
-        return apply_style(fig, 880, 360, title)
+        fig.update_layout(title_font={"color": KIND_COLORS.get(self.kind[column], "black")})
+        return apply_style(fig, 880, 380, f"{title} ({self.kind[column]})").update_layout(margin={"t": 70})
 
 
 def _select_columns(batch, positions) -> list[int]:

@@ -128,29 +128,39 @@ class LogitLensResult:
     def mean_kl_by_layer(self) -> Float[Tensor, " layer"]:
         return self.stats.kl_to_final.mean(dim=1)
 
-    def plot(self, trace: int = 0, value: str = "target_prob") -> go.Figure:
-        """Heatmap of layers x positions for one trace, the top-1 token written in each cell."""
+    def plot(self, trace: int = 0, value: str = "target_prob", max_positions: int = 48) -> go.Figure:
+        """Heatmap of layers x positions for one trace, the top-1 token written in each cell.
+
+        Long traces show the generated part (from the last prompt token on), cut at ``max_positions``.
+        """
         cols = [i for i, t in enumerate(self.trace_index) if t == trace]
         if not cols:
             raise ValueError(f"no trace {trace} in this result")
+        prompt = [c for c in cols if self.kind[c] == "prompt"]
+        if len(cols) > max_positions and prompt:
+            cols = cols[cols.index(prompt[-1]):]
+        cols = cols[:max_positions]
         z = getattr(self.stats, value) if value != "p_top1" else self.stats.top_probs[..., 0]
         z = z[:, cols].numpy()
-        text = [[self.id_to_str[int(i)].replace("\n", "⏎") for i in self.stats.top_ids[layer, cols, 0]]
+        text = [[_short(self.id_to_str[int(i)]) for i in self.stats.top_ids[layer, cols, 0]]
                 for layer in range(len(self.layer_labels))]
         kinds = [self.kind[c] for c in cols]
         labels = [token_label(self.position[c], self.token[c], self.kind[c]) for c in cols]
         fig = go.Figure(go.Heatmap(
             z=z, x=list(range(len(cols))), y=self.layer_labels, text=text, texttemplate="%{text}",
-            textfont={"size": 8}, colorscale="Viridis", colorbar={"title": value.replace("_", " ")},
+            textfont={"size": 9}, colorscale="Viridis", colorbar={"title": value.replace("_", " ")},
             hovertemplate="pos %{x}<br>layer %{y}<br>top-1 %{text}<br>" + value + " %{z:.3f}<extra></extra>",
         ))
         fig.update_xaxes(tickmode="array", tickvals=list(range(len(cols))), ticktext=labels, tickangle=-90,
-                         tickfont={"size": 8})
+                         tickfont={"size": 9})
         mark_latent_columns(fig, kinds)
         return apply_style(fig, 880, 340, f"{self.lens} lens: {value.replace('_', ' ')} (◆ = latent)")
 
 
-@torch.no_grad()
+def _short(token: str) -> str:
+    return "◆" if token == "<thinking>" else token.replace("\n", "⏎")
+
+
 def compute_logit_lens(probe, cache, batch, lens: str, target, top_k: int, chunk: int) -> LogitLensResult:
     from lensing.probes.core import resolve_token
 
@@ -209,7 +219,7 @@ class LatentDecodingResult:
         if not cols:
             raise ValueError(f"trace {trace} has no latent positions")
         z = self.top_probs[:, cols, 0].numpy()
-        text = [[self.id_to_str[int(self.top_ids[layer, j, 0])].replace("\n", "⏎") for j in cols]
+        text = [[_short(self.id_to_str[int(self.top_ids[layer, j, 0])]) for j in cols]
                 for layer in range(len(self.layer_labels))]
         fig = go.Figure(go.Heatmap(
             z=z, x=[f"◆{self.step[j]} @{self.position[j]}" for j in cols], y=self.layer_labels, text=text,

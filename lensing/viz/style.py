@@ -40,6 +40,6 @@ def mark_latent_columns(fig: go.Figure, kinds: list[str], row: int | None = None
     """Outlines every latent position of a heatmap whose x axis is the position index."""
     for x, kind in enumerate(kinds):
         if kind == "latent":
-            fig.add_vrect(x0=x - 0.5, x1=x + 0.5, line={"color": KIND_COLORS["latent"], "width": 2},
-                          fillcolor="rgba(0,0,0,0)", row=row, col=col)
+            fig.add_vrect(x0=x - 0.5, x1=x + 0.5, line={"color": KIND_COLORS["latent"], "width": 2.5},
+                          fillcolor="rgba(213,94,0,0.12)", row=row, col=col)
     return fig
