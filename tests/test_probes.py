@@ -153,3 +153,17 @@ def test_bad_probe_inputs(setup):
         probe.logit_lens(traces, lens="tuned")
     with pytest.raises(ValueError, match="single token"):
         probe.decompose(traces, target="12")
+
+
+def test_vocabulary_slices_give_the_same_statistics(setup):
+    from lensing.probes.logit_lens import lens_statistics
+
+    _, probe, traces, _ = setup
+    _, cache, batch = probe.run_with_cache(traces, probe.resid_names())
+    resid = batch.flat(probe.resid_stack(cache), batch_dim=1)
+    targets = batch.next_tokens()
+    whole = lens_statistics(probe, resid, targets, top_k=4, vocab_chunk=1000)
+    sliced = lens_statistics(probe, resid, targets, top_k=4, chunk=17, vocab_chunk=7)  # ragged slices
+    for name in ("top_probs", "entropy", "kl_to_final", "target_prob"):
+        torch.testing.assert_close(getattr(sliced, name), getattr(whole, name), atol=1e-5, rtol=0, equal_nan=True)
+    assert torch.equal(sliced.top_ids, whole.top_ids) and torch.equal(sliced.target_rank, whole.target_rank)

@@ -32,44 +32,77 @@ class LensStats:
 @torch.no_grad()
 def lens_statistics(
     probe, resid: Float[Tensor, "layer n d_model"], targets: Int[Tensor, " n"], top_k: int = 5,
-    chunk: int = 256, translators=None,
+    chunk: int = 256, translators=None, vocab_chunk: int | None = None,
 ) -> LensStats:
     """Reads every residual through the final norm and unembedding (after a tuned-lens translator
-    when given) and reduces each chunk of logits to statistics before the next is computed.
+    when given) and reduces the logits to statistics without ever holding a layer's full logits.
 
-    Each chunk's logits are touched a handful of times: log-sum-exp, top-k, one exp, two dot
-    products with the vocabulary axis (entropy and KL to the final layer) and the target rank.
+    Logits are produced in slices of the vocabulary small enough to stay in cache, and every
+    statistic is accumulated online across slices (running max and sum of exponentials for the
+    log-normaliser, running dot products for entropy and KL, merged top-k, running rank count),
+    so the cost over the unavoidable unembedding products stays small even at 50k tokens. Only
+    the final layer's probabilities (positions x vocab) are kept, for the KL.
     """
     n_layers, n = resid.shape[:2]
-    k = min(top_k, probe.W_U.shape[1])
+    head = probe.lm.model.get_output_embeddings()
+    weight = head.weight  # [vocab, d]
+    bias = getattr(head, "bias", None)
+    vocab = weight.shape[0]
+    k = min(top_k, vocab)
     out = {name: [] for name in LensStats.__dataclass_fields__}
     safe_targets = targets.clamp(min=0).to(resid.device)
     for start in range(0, max(n, 1), chunk):  # at least once, so that no positions gives empty tensors
         sl = slice(start, start + chunk)
-        tgt = safe_targets[sl, None]
+        rows_n = resid[-1, sl].shape[0]
+        step = vocab_chunk or max(256, (1 << 18) // max(1, rows_n))
+        tgt = safe_targets[sl]
         final_logits = probe.unembed(resid[-1, sl]).float()
         final_lse = final_logits.logsumexp(-1, keepdim=True)
-        final_p = (final_logits - final_lse).exp()
-        final_neg_entropy = torch.einsum("nv,nv->n", final_p, final_logits) - final_lse.squeeze(-1)
+        final_p = (final_logits - final_lse).exp_()
+        final_neg_entropy = torch.linalg.vecdot(final_p, final_logits) - final_lse.squeeze(-1)
+        del final_logits
         rows = {name: [] for name in out}
         for layer in range(n_layers):
-            if layer == n_layers - 1:
-                logits = final_logits
-            else:
-                h = resid[layer, sl] if translators is None else translators(layer, resid[layer, sl])
-                logits = probe.unembed(h).float()
-            lse = logits.logsumexp(-1, keepdim=True)
-            top = logits.topk(k, dim=-1)
-            p = (logits - lse).exp_()
-            tgt_logit = logits.gather(1, tgt)
-            lse = lse.squeeze(-1)
-            rows["top_ids"].append(top.indices)
-            rows["top_probs"].append((top.values - lse[:, None]).exp())
-            rows["entropy"].append(lse - torch.einsum("nv,nv->n", p, logits))
-            rows["kl_to_final"].append((final_neg_entropy - torch.einsum("nv,nv->n", final_p, logits) + lse).clamp(min=0))
-            rows["target_rank"].append((logits > tgt_logit).sum(-1))
-            rows["target_prob"].append((tgt_logit.squeeze(-1) - lse).exp())
-            del logits, p
+            h = resid[layer, sl]
+            if translators is not None and layer < n_layers - 1:
+                h = translators(layer, h)
+            h = probe.final_norm(h).to(weight.dtype)
+            tgt_logit = torch.linalg.vecdot(h, weight[tgt]).float()
+            if bias is not None:
+                tgt_logit = tgt_logit + bias[tgt].float()
+            threshold = (tgt_logit + 1e-5 * (1 + tgt_logit.abs()))[:, None]
+            m = torch.full((rows_n,), float("-inf"), device=h.device)
+            s = torch.zeros(rows_n, device=h.device)
+            e_dot_x = torch.zeros(rows_n, device=h.device)
+            pf_dot_x = torch.zeros(rows_n, device=h.device)
+            rank = torch.zeros(rows_n, dtype=torch.long, device=h.device)
+            top_v = top_i = None
+            for v0 in range(0, vocab, step):
+                x = (h @ weight[v0 : v0 + step].T).float()
+                if bias is not None:
+                    x = x + bias[v0 : v0 + step].float()
+                new_m = torch.maximum(m, x.max(-1).values)
+                scale = (m - new_m).exp()
+                e = (x - new_m[:, None]).exp_()
+                s = s * scale + e.sum(-1)
+                e_dot_x = e_dot_x * scale + torch.linalg.vecdot(e, x)
+                m = new_m
+                pf_dot_x += torch.linalg.vecdot(final_p[:, v0 : v0 + step], x)
+                rank += (x > threshold).sum(-1)
+                cv, ci = x.topk(min(k, x.shape[1]), dim=-1)
+                ci = ci + v0
+                if top_v is None:
+                    top_v, top_i = cv, ci
+                else:
+                    merged_v, pick = torch.cat([top_v, cv], 1).topk(k, dim=-1)
+                    top_v, top_i = merged_v, torch.cat([top_i, ci], 1).gather(1, pick)
+            lse = m + s.log()
+            rows["top_ids"].append(top_i)
+            rows["top_probs"].append((top_v - lse[:, None]).exp())
+            rows["entropy"].append(lse - e_dot_x / s)
+            rows["kl_to_final"].append((final_neg_entropy - pf_dot_x + lse).clamp(min=0))
+            rows["target_rank"].append(rank)
+            rows["target_prob"].append((tgt_logit - lse).exp())
         for name in out:
             out[name].append(torch.stack(rows[name]).cpu())
     stats = LensStats(**{name: torch.cat(v, dim=1) for name, v in out.items()})
