@@ -70,7 +70,8 @@ class CollapseAccumulator:
                 v = states[:, step, layer]
                 self.moments[key] = self.moments.get(key, MomentStats.empty(v.shape[1])).update(v)
                 bucket = self.reservoir.setdefault(key, [])
-                for row, lab in zip(v.float(), labels, strict=True):
+                for row, lab in zip(v.float().unbind(0), labels, strict=True):
+                    row = row.clone()  # a view would keep its whole batch alive
                     seen = self.seen[key] = self.seen.get(key, 0) + 1
                     if len(bucket) < self.reservoir_size:
                         bucket.append((row, lab))
