@@ -59,6 +59,15 @@ def _cmd_trace(args: argparse.Namespace) -> None:
     print(trace.text("◆"))
     print()
     print(trace)
+    from lensing.probes import attach
+
+    lens = attach(lm).logit_lens(trace, top_k=3)
+    last = trace.prompt_length - 1
+    print(f"\nlogit lens at the last prompt position ({last}): top-3 per layer")
+    for layer, label in enumerate(lens.layer_labels):
+        tops = ", ".join(f"{lens.id_to_str[int(i)]!r} {float(p):.2f}"
+                         for i, p in zip(lens.stats.top_ids[layer, last], lens.stats.top_probs[layer, last], strict=True))
+        print(f"  {label:>6s}: {tops}")
 
 
 def _test_problems(n: int, steps: int | None = None, seed: int = 0):

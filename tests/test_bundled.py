@@ -81,3 +81,14 @@ def test_cli_trace_and_errors():
     assert bad.returncode != 0 and "outside the model's vocabulary" in bad.stderr
     unknown = run_cli("eval", "no-such-model")
     assert unknown.returncode != 0 and "unknown model 'no-such-model'" in unknown.stderr
+
+
+def test_bf16_generation_and_probes():
+    lm = lensing.load("arith-tiny", dtype=torch.bfloat16)
+    assert lm.model.dtype == torch.bfloat16
+    traces = lm.generate(["a=12;b=a+3;c=b-5;c?\n", "a=40;b=a-9;b?\n"])
+    results = lensing.attach(lm).run(traces)
+    final = torch.softmax(torch.cat([t.logits for t in traces]), -1)
+    assert torch.equal(results["logit_lens"].stats.top_ids[-1, :, 0], final.argmax(-1))
+    parts = results["decompose"]
+    torch.testing.assert_close(parts.dla.sum(0), parts.logit, atol=0.1, rtol=0.02)

@@ -110,7 +110,7 @@ class Probe:
 
     def unembed(self, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... vocab"]:
         """Final norm then the LM head: what the model would predict from this residual."""
-        return self.lm.model.get_output_embeddings()(self.final_norm(resid))
+        return self.lm.model.get_output_embeddings()(self.final_norm(resid.to(self.lm.model.dtype)))
 
     # ------------------------------------------------------------------ forward
     @torch.no_grad()
