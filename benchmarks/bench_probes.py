@@ -7,7 +7,7 @@
    (b) TransformerLens 4.3's ``tools.analysis.logit_lens`` (top-5) on the same cache,
    (c) a version that materialises every layer's logits before reducing them.
    Peak memory is the growth of the process's resident-set high-water mark during the call
-   (reset through /proc/self/clear_refs before each one).
+   (freed memory handed back with malloc_trim, then the mark reset through /proc/self/clear_refs).
 
 Usage: python benchmarks/bench_probes.py [--positions 128]
 """
@@ -15,6 +15,7 @@ Usage: python benchmarks/bench_probes.py [--positions 128]
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import time
 
@@ -39,6 +40,7 @@ def measure(fn, repeats: int = 3) -> tuple[float, float]:
     best, peak = float("inf"), 0.0
     for _ in range(repeats):
         gc.collect()
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed memory back, so reuse cannot hide a peak
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
         base = _rss_kib("VmRSS")

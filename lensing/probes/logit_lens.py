@@ -39,9 +39,9 @@ def lens_statistics(
 
     Logits are produced in slices of the vocabulary small enough to stay in cache, and every
     statistic is accumulated online across slices (running max and sum of exponentials for the
-    log-normaliser, running dot products for entropy and KL, merged top-k, running rank count),
-    so the cost over the unavoidable unembedding products stays small even at 50k tokens. Only
-    the final layer's probabilities (positions x vocab) are kept, for the KL.
+    log-normaliser, a running dot product for the entropy, merged top-k, running rank count), so
+    the cost over the unavoidable unembedding products stays small even at 50k tokens. The KL's
+    cross term needs no pass over the vocabulary: sum_v p_final(v) logit(v) = h . (p_final @ W).
     """
     n_layers, n = resid.shape[:2]
     head = probe.lm.model.get_output_embeddings()
@@ -61,6 +61,9 @@ def lens_statistics(
         final_p = (final_logits - final_lse).exp_()
         final_neg_entropy = torch.linalg.vecdot(final_p, final_logits) - final_lse.squeeze(-1)
         del final_logits
+        # sum_v p_final(v) * logit(v) = h . (p_final @ W) (+ p_final . b): one product per chunk, not per layer
+        final_mix = final_p.to(weight.dtype) @ weight
+        final_mix_bias = final_p @ bias.float() if bias is not None else 0.0
         rows = {name: [] for name in out}
         for layer in range(n_layers):
             h = resid[layer, sl]
@@ -74,23 +77,22 @@ def lens_statistics(
             m = torch.full((rows_n,), float("-inf"), device=h.device)
             s = torch.zeros(rows_n, device=h.device)
             e_dot_x = torch.zeros(rows_n, device=h.device)
-            pf_dot_x = torch.zeros(rows_n, device=h.device)
+            pf_dot_x = torch.linalg.vecdot(h, final_mix).float() + final_mix_bias
             rank = torch.zeros(rows_n, dtype=torch.long, device=h.device)
             top_v = top_i = None
             for v0 in range(0, vocab, step):
                 x = (h @ weight[v0 : v0 + step].T).float()
                 if bias is not None:
                     x = x + bias[v0 : v0 + step].float()
-                new_m = torch.maximum(m, x.max(-1).values)
+                cv, ci = x.topk(min(k, x.shape[1]), dim=-1)  # its first column is the slice's max
+                ci = ci + v0
+                new_m = torch.maximum(m, cv[:, 0])
                 scale = (m - new_m).exp()
                 e = (x - new_m[:, None]).exp_()
                 s = s * scale + e.sum(-1)
                 e_dot_x = e_dot_x * scale + torch.linalg.vecdot(e, x)
                 m = new_m
-                pf_dot_x += torch.linalg.vecdot(final_p[:, v0 : v0 + step], x)
                 rank += (x > threshold).sum(-1)
-                cv, ci = x.topk(min(k, x.shape[1]), dim=-1)
-                ci = ci + v0
                 if top_v is None:
                     top_v, top_i = cv, ci
                 else:
