@@ -167,3 +167,16 @@ def test_vocabulary_slices_give_the_same_statistics(setup):
     for name in ("top_probs", "entropy", "kl_to_final", "target_prob"):
         torch.testing.assert_close(getattr(sliced, name), getattr(whole, name), atol=1e-5, rtol=0, equal_nan=True)
     assert torch.equal(sliced.top_ids, whole.top_ids) and torch.equal(sliced.target_rank, whole.target_rank)
+
+
+def test_topk_by_blocks_is_exact():
+    from lensing.probes.logit_lens import topk_by_blocks
+
+    gen = torch.Generator().manual_seed(0)
+    for width in (5, 64, 300, 1000):
+        x = torch.randn(7, width, generator=gen)
+        x[0, :] = 1.0  # ties
+        values, index = topk_by_blocks(x, 5, block=16)
+        ref = x.topk(min(5, width), dim=-1)
+        torch.testing.assert_close(values, ref.values)
+        torch.testing.assert_close(x.gather(1, index), ref.values)

@@ -54,7 +54,7 @@ def lens_statistics(
     for start in range(0, max(n, 1), chunk):  # at least once, so that no positions gives empty tensors
         sl = slice(start, start + chunk)
         rows_n = resid[-1, sl].shape[0]
-        step = vocab_chunk or max(256, (1 << 18) // max(1, rows_n))
+        step = vocab_chunk or max(256, (1 << 19) // max(1, rows_n))
         tgt = safe_targets[sl]
         final_logits = probe.unembed(resid[-1, sl]).float()
         final_lse = final_logits.logsumexp(-1, keepdim=True)
@@ -84,7 +84,7 @@ def lens_statistics(
                 x = (h @ weight[v0 : v0 + step].T).float()
                 if bias is not None:
                     x = x + bias[v0 : v0 + step].float()
-                cv, ci = x.topk(min(k, x.shape[1]), dim=-1)  # its first column is the slice's max
+                cv, ci = topk_by_blocks(x, k)  # its first column is the slice's max
                 ci = ci + v0
                 new_m = torch.maximum(m, cv[:, 0])
                 scale = (m - new_m).exp()
@@ -114,6 +114,33 @@ def lens_statistics(
     stats.target_rank[:, missing] = -1
     stats.target_prob[:, missing] = float("nan")
     return stats
+
+
+def topk_by_blocks(x: Float[Tensor, "n v"], k: int, block: int = 64) -> tuple[Float[Tensor, "n k"], Int[Tensor, "n k"]]:
+    """Exact top-k along the last axis, faster than ``torch.topk`` on wide CPU rows.
+
+    The k largest values lie in the k blocks with the largest maxima (any other block's maximum
+    is beaten by k values), so only those blocks are searched.
+
+    >>> x = torch.tensor([[0.0, 9.0, 1.0, 8.0, 2.0, 7.0, 3.0]])
+    >>> topk_by_blocks(x, 2, block=2)
+    (tensor([[9., 8.]]), tensor([[1, 3]]))
+    """
+    n, width = x.shape
+    n_blocks = width // block
+    k = min(k, width)
+    if n_blocks <= k:
+        return x.topk(k, dim=-1)
+    blocks = x[:, : n_blocks * block].reshape(n, n_blocks, block)
+    best = blocks.amax(-1).topk(k, dim=-1).indices
+    candidates = blocks.gather(1, best[:, :, None].expand(-1, -1, block)).reshape(n, -1)
+    index = (best[:, :, None] * block + torch.arange(block, device=x.device)).reshape(n, -1)
+    if n_blocks * block < width:
+        tail = torch.arange(n_blocks * block, width, device=x.device)
+        candidates = torch.cat([candidates, x[:, n_blocks * block :]], 1)
+        index = torch.cat([index, tail.expand(n, -1)], 1)
+    values, pick = candidates.topk(k, dim=-1)
+    return values, index.gather(1, pick)
 
 
 def prediction_depth(top1: Int[Tensor, "layer n"]) -> Int[Tensor, " n"]:
