@@ -129,7 +129,7 @@ def topk_by_blocks(x: Float[Tensor, "n v"], k: int, block: int = 64) -> tuple[Fl
     n, width = x.shape
     n_blocks = width // block
     k = min(k, width)
-    if n_blocks <= k:
+    if n_blocks <= k or n == 0:
         return x.topk(k, dim=-1)
     blocks = x[:, : n_blocks * block].reshape(n, n_blocks, block)
     best = blocks.amax(-1).topk(k, dim=-1).indices
