@@ -50,11 +50,15 @@ def main() -> None:
     run(250)  # warm-up: imports, allocator
     results = {n: run(n) for n in (1_000, 10_000)}
     for n, (t, acc_mem, table_mem) in results.items():
-        print(f"{n:6d} traces: {t:6.1f} s, peak while accumulating +{acc_mem:6.1f} MiB, "
-              f"while computing the table +{table_mem:6.1f} MiB")
+        print(
+            f"{n:6d} traces: {t:6.1f} s, peak while accumulating +{acc_mem:6.1f} MiB, "
+            f"while computing the table +{table_mem:6.1f} MiB"
+        )
     (t1, a1, b1), (t10, a10, b10) = results[1_000], results[10_000]
-    print(f"  peak memory 10k / 1k traces: accumulating {a10 / max(a1, 1e-9):.2f}x, table {b10 / max(b1, 1e-9):.2f}x "
-          f"(flat = 1x); time ratio {t10 / t1:.1f}x")
+    print(
+        f"  peak memory 10k / 1k traces: accumulating {a10 / max(a1, 1e-9):.2f}x, table {b10 / max(b1, 1e-9):.2f}x "
+        f"(flat = 1x); time ratio {t10 / t1:.1f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import random
 import time
-from dataclasses import replace
 
 import torch
 
@@ -54,8 +53,10 @@ def bench_training(batches: int, batch_size: int) -> float:
     lm = lensing.load("arith-tiny")
     t1 = time_train_steps(lm, plain, batches, batch_size, seed=0)
     t3 = time_train_steps(lm, with_latents, batches, batch_size, seed=0)
-    print(f"training step, batch {batch_size}: stage 1 {t1 * 1e3:.0f} ms, stage 3 {t3 * 1e3:.0f} ms "
-          f"({per_example:.2f} latents per example)")
+    print(
+        f"training step, batch {batch_size}: stage 1 {t1 * 1e3:.0f} ms, stage 3 {t3 * 1e3:.0f} ms "
+        f"({per_example:.2f} latents per example)"
+    )
     print(f"  stage-3 step / stage-1 step = {t3 / t1:.2f}x")
     return t3 / t1
 
@@ -71,7 +72,7 @@ def bench_generation(n_prompts: int, repeats: int = 3) -> float:
     ids = torch.full((len(encoded), width), lm._pad_id)
     mask = torch.zeros_like(ids)
     for i, e in enumerate(encoded):
-        ids[i, width - len(e):], mask[i, width - len(e):] = torch.tensor(e), 1
+        ids[i, width - len(e) :], mask[i, width - len(e) :] = torch.tensor(e), 1
     ours_tokens = hf_tokens = 0
     ours_time = hf_time = 0.0
     for _ in range(repeats):
@@ -80,17 +81,27 @@ def bench_generation(n_prompts: int, repeats: int = 3) -> float:
         ours_time += time.perf_counter() - start
         ours_tokens += sum(len(t) - t.prompt_length for t in traces)
         start = time.perf_counter()
-        out = lm.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=96, do_sample=False,
-                                eos_token_id=tok.eos_token_id, pad_token_id=lm._pad_id)
+        out = lm.model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=96,
+            do_sample=False,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=lm._pad_id,
+        )
         hf_time += time.perf_counter() - start
         new = out[:, width:]
         finished = (new == tok.eos_token_id).int().cumsum(1)
         hf_tokens += int(((finished == 0) | ((finished == 1) & (new == tok.eos_token_id))).sum())
-    same = all(t.token_ids[t.prompt_length:].tolist() == out[i, width:width + len(t) - t.prompt_length].tolist()
-               for i, t in enumerate(traces))
+    same = all(
+        t.token_ids[t.prompt_length :].tolist() == out[i, width : width + len(t) - t.prompt_length].tolist()
+        for i, t in enumerate(traces)
+    )
     ours, hf = ours_tokens / ours_time, hf_tokens / hf_time
-    print(f"generation, {len(prompts)} prompts: LatentLM.generate {ours:.0f} tok/s, HF generate {hf:.0f} tok/s "
-          f"(identical tokens: {same})")
+    print(
+        f"generation, {len(prompts)} prompts: LatentLM.generate {ours:.0f} tok/s, HF generate {hf:.0f} tok/s "
+        f"(identical tokens: {same})"
+    )
     print(f"  LatentLM.generate / HF generate = {ours / hf:.2f}x (target >= 0.8)")
     return ours / hf
 

@@ -61,12 +61,15 @@ def bench_bundled(n_traces: int = 64) -> None:
     from lensing.probes import Batch
 
     batch = Batch.from_traces(traces)
-    plain, _ = measure(lambda: lm.model(inputs_embeds=batch.embeds, attention_mask=batch.mask,
-                                        position_ids=batch.positions).logits)
+    plain, _ = measure(
+        lambda: lm.model(inputs_embeds=batch.embeds, attention_mask=batch.mask, position_ids=batch.positions).logits
+    )
     everything, _ = measure(lambda: probe.run(traces))
     n_latents = sum(t.n_latents for t in traces)
-    print(f"bundled model, {len(traces)} traces ({sum(map(len, traces))} positions, {n_latents} latents): "
-          f"plain forward {plain * 1e3:.1f} ms, probe pass with all probes {everything * 1e3:.1f} ms")
+    print(
+        f"bundled model, {len(traces)} traces ({sum(map(len, traces))} positions, {n_latents} latents): "
+        f"plain forward {plain * 1e3:.1f} ms, probe pass with all probes {everything * 1e3:.1f} ms"
+    )
     print(f"  all probes / plain forward = {everything / plain:.2f}x (target <= 2x)")
 
 
@@ -81,9 +84,17 @@ def smollm2_shaped_model():
     from lensing.tasks.tokenizer import save_and_reload
 
     tokenizer = save_and_reload(build_char_tokenizer(), tempfile.mkdtemp())
-    config = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                         num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048,
-                         tie_word_embeddings=True, attn_implementation="eager")
+    config = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        attn_implementation="eager",
+    )
     torch.manual_seed(0)
     return LatentLM(LlamaForCausalLM(config).eval(), tokenizer)
 
@@ -121,15 +132,24 @@ def bench_large_vocab(positions: int) -> None:
         rank = (logits > logits.gather(2, targets.clamp(min=0)[None, :, None].expand(n_read, -1, 1))).sum(-1)
         return top, entropy, kl, rank
 
-    results = {name: measure(fn) for name, fn in
-               (("bare", bare), ("ours", ours), ("transformer_lens", transformer_lens), ("materialised", materialised))}
+    results = {
+        name: measure(fn)
+        for name, fn in (
+            ("bare", bare),
+            ("ours", ours),
+            ("transformer_lens", transformer_lens),
+            ("materialised", materialised),
+        )
+    }
     print(f"logit lens, SmolLM2-shaped random Llama: {n_read} read-outs x {n} positions x {vocab} vocabulary")
     for name, (t, mem) in results.items():
         print(f"  {name:17s} {t * 1e3:8.1f} ms   peak +{mem:7.1f} MiB")
     (tb, _), (to, mo), (tt, mt), (_, mm) = (results[k] for k in ("bare", "ours", "transformer_lens", "materialised"))
     print(f"  (a) ours / bare unembedding products = {to / tb:.2f}x time (target <= 1.3x)")
-    print(f"  (b) ours / TransformerLens logit_lens = {to / tt:.2f}x time, {mo / max(mt, 1e-9):.2f}x peak memory "
-          f"(target < 1x time, <= 1x memory)")
+    print(
+        f"  (b) ours / TransformerLens logit_lens = {to / tt:.2f}x time, {mo / max(mt, 1e-9):.2f}x peak memory "
+        f"(target < 1x time, <= 1x memory)"
+    )
     print(f"  (c) ours / materialised = {mo / max(mm, 1e-9):.3f}x peak memory (target <= 0.25x)")
 
 

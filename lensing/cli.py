@@ -25,8 +25,15 @@ def _cmd_train(args: argparse.Namespace) -> None:
     if args.steps:
         cfg = replace(cfg, steps=tuple(int(x) for x in args.steps.split(",")))
     command = "lensing " + " ".join(sys.argv[1:])
-    records = run_curriculum(cfg, args.out, device=args.device, command=command, base=args.base,
-                             dtype=dtypes[args.dtype], log=lambda m: print(m, file=sys.stderr))
+    records = run_curriculum(
+        cfg,
+        args.out,
+        device=args.device,
+        command=command,
+        base=args.base,
+        dtype=dtypes[args.dtype],
+        log=lambda m: print(m, file=sys.stderr),
+    )
     for name, rec in records.items():
         print(f"{name}: val accuracy {rec['eval']['accuracy']:.1f}%  ({rec['training']['wall_time_s']:.0f}s)")
 
@@ -65,8 +72,10 @@ def _cmd_trace(args: argparse.Namespace) -> None:
     last = trace.prompt_length - 1
     print(f"\nlogit lens at the last prompt position ({last}): top-3 per layer")
     for layer, label in enumerate(lens.layer_labels):
-        tops = ", ".join(f"{lens.id_to_str[int(i)]!r} {float(p):.2f}"
-                         for i, p in zip(lens.stats.top_ids[layer, last], lens.stats.top_probs[layer, last], strict=True))
+        tops = ", ".join(
+            f"{lens.id_to_str[int(i)]!r} {float(p):.2f}"
+            for i, p in zip(lens.stats.top_ids[layer, last], lens.stats.top_probs[layer, last], strict=True)
+        )
         print(f"  {label:>6s}: {tops}")
 
 
@@ -96,22 +105,44 @@ def _cmd_collapse(args: argparse.Namespace) -> None:
     from lensing.zoo import load
 
     problems = _test_problems(args.n)
-    latent = collapse_study({args.before: load(args.before), args.after: load(args.after)}, problems,
-                            where="latent", force_latents=args.latents)
-    text = collapse_study({args.text_before: load(args.text_before), args.after: load(args.after)}, problems,
-                          where="text")
+    latent = collapse_study(
+        {args.before: load(args.before), args.after: load(args.after)},
+        problems,
+        where="latent",
+        force_latents=args.latents,
+    )
+    text = collapse_study(
+        {args.text_before: load(args.text_before), args.after: load(args.after)}, problems, where="text"
+    )
     table = pd.concat([latent.table, text.table], ignore_index=True)
     _write_table(table, args.out, "collapse")
     if args.json:
         print(table.to_json(orient="records", indent=1))
         return
-    columns = ["model", "step", "layer", "n", "effective_rank", "rankme", "participation_ratio", "mean_cosine",
-               "step_cosine", "latent_distance", "vocab_distance", "norm_ratio", "nearest_token_cosine",
-               "frechet_to_tokens", "mmd_to_tokens", "probe_first_result", "probe_answer"]
+    columns = [
+        "model",
+        "step",
+        "layer",
+        "n",
+        "effective_rank",
+        "rankme",
+        "participation_ratio",
+        "mean_cosine",
+        "step_cosine",
+        "latent_distance",
+        "vocab_distance",
+        "norm_ratio",
+        "nearest_token_cosine",
+        "frechet_to_tokens",
+        "mmd_to_tokens",
+        "probe_first_result",
+        "probe_answer",
+    ]
     with pd.option_context("display.width", 250, "display.max_columns", 30, "display.max_rows", 500):
         for where, part in table.groupby("where", sort=False):
-            what = (f"chains of {args.latents} forced latents" if where == "latent"
-                    else "the newline ending each CoT line")
+            what = (
+                f"chains of {args.latents} forced latents" if where == "latent" else "the newline ending each CoT line"
+            )
             print(f"\n== {where} positions ({what}); {len(problems)} test problems ==")
             print(part[[c for c in columns if c in part]].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
 
@@ -125,12 +156,21 @@ def _cmd_trails(args: argparse.Namespace) -> None:
     report = trails_study(load(args.model), _test_problems(args.n, steps=args.steps))
     _write_table(report.table, args.out, "trails")
     if args.json:
-        print(json.dumps({"layers": report.table.to_dict(orient="records"),
-                          "attribution_trail": report.attribution.to_dict(orient="records")}, indent=1))
+        print(
+            json.dumps(
+                {
+                    "layers": report.table.to_dict(orient="records"),
+                    "attribution_trail": report.attribution.to_dict(orient="records"),
+                },
+                indent=1,
+            )
+        )
         return
     with pd.option_context("display.width", 250, "display.max_columns", 30):
-        print(f"{args.model}: trails on {args.n} {args.steps}-step test problems "
-              f"({len(set(report.structures))} structures among the complete chains)")
+        print(
+            f"{args.model}: trails on {args.n} {args.steps}-step test problems "
+            f"({len(set(report.structures))} structures among the complete chains)"
+        )
         print(report.table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
         print("\nattribution trail of the first answer digit (problem 1):")
         print(report.attribution.to_string(index=False, float_format=lambda x: f"{x:.3f}"))

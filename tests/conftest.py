@@ -16,10 +16,18 @@ def make_tiny_lm(tmp_dir, mode: str = "fusion", seed: int = 0, thinking_boost: f
     tokenizer = save_and_reload(build_char_tokenizer(), tmp_dir)
     torch.manual_seed(seed)
     cfg = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=96, tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, attn_implementation="eager",
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=96,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        attn_implementation="eager",
     )
     lm = LatentLM(LlamaForCausalLM(cfg), tokenizer, LatentConfig(mode=mode, **config), answer_marker=ANSWER_MARKER)
     with torch.no_grad():

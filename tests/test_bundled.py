@@ -24,7 +24,11 @@ def results(test_problems):
 
 def test_names_resolve_to_stages():
     assert lensing.available() == ["arith-tiny", "arith-tiny:cot", "arith-tiny:hidden", "arith-tiny:lt"]
-    for name, stage, mode in (("arith-tiny:cot", 1, "fusion"), ("arith-tiny:hidden", 2, "hidden"), ("arith-tiny", 3, "fusion")):
+    for name, stage, mode in (
+        ("arith-tiny:cot", 1, "fusion"),
+        ("arith-tiny:hidden", 2, "hidden"),
+        ("arith-tiny", 3, "fusion"),
+    ):
         lm = lensing.load(name)
         assert lm.meta["stage"] == stage and lm.config.mode == mode
     with pytest.raises(ValueError, match="unknown model .arith-huge.*arith-tiny:cot"):

@@ -31,8 +31,10 @@ def test_prediction_masks_thinking_before_softmax():
 def test_fusion_by_hand(rule):
     logits = torch.log(torch.tensor([0.05, 0.55, 0.9, 0.3, 0.1]))  # id 2 = <thinking>, masked
     # after masking: probs 0.05, 0.55, 0.3, 0.1 (sum 1); sorted 0.55, 0.3, 0.1, 0.05
-    kept = {"reference": torch.tensor([0, 0.55, 0, 0, 0]) / 0.55,  # 0.85 > 0.8: only the top-1 survives
-            "nucleus": torch.tensor([0, 0.55, 0, 0.3, 0]) / 0.85}[rule]
+    kept = {
+        "reference": torch.tensor([0, 0.55, 0, 0, 0]) / 0.55,  # 0.85 > 0.8: only the top-1 survives
+        "nucleus": torch.tensor([0, 0.55, 0, 0.3, 0]) / 0.85,
+    }[rule]
     E = torch.arange(10.0).reshape(5, 2)
     h = torch.tensor([1.0, -1.0])
     cfg = LatentConfig(alpha=0.6, top_p=0.8, top_p_rule=rule)

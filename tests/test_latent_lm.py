@@ -53,8 +53,14 @@ def naive_latent_forward(lm, ids):
 
 def test_training_forward_equals_naive_recompute(lm):
     th = lm.thinking_id
-    seqs = [lm.encode("a=12;b=a+3;b?\n") + [th, th] + lm.encode("b=12+3", add_bos=False) + [th] + lm.encode("=15", add_bos=False),
-            lm.encode("a=5;b=a-7;b?\nb=5") + [th] + lm.encode("-7=98", add_bos=False)]
+    seqs = [
+        lm.encode("a=12;b=a+3;b?\n")
+        + [th, th]
+        + lm.encode("b=12+3", add_bos=False)
+        + [th]
+        + lm.encode("=15", add_bos=False),
+        lm.encode("a=5;b=a-7;b?\nb=5") + [th] + lm.encode("-7=98", add_bos=False),
+    ]
     width = max(map(len, seqs))
     ids = torch.full((2, width), lm._pad_id)
     mask = torch.zeros_like(ids)
@@ -63,7 +69,9 @@ def test_training_forward_equals_naive_recompute(lm):
     with torch.no_grad():
         out = lm(ids, mask)
         for i, s in enumerate(seqs):
-            torch.testing.assert_close(out.logits[i, : len(s)], naive_latent_forward(lm, torch.tensor(s)), atol=1e-5, rtol=0)
+            torch.testing.assert_close(
+                out.logits[i, : len(s)], naive_latent_forward(lm, torch.tensor(s)), atol=1e-5, rtol=0
+            )
 
 
 def test_gradient_flows_through_latents(tmp_path):

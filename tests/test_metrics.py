@@ -12,11 +12,25 @@ from hypothesis import strategies as st
 from torch.nn.functional import cosine_similarity
 
 from lensing.metrics import (
-    MomentStats, effective_rank, frechet_distance, latent_distance, linear_cka, mean_pairwise_cosine, mmd_rbf,
-    nearest_token_cosine, norm_ratio, participation_ratio, probe_accuracy, rankme, stable_rank, step_cosines,
+    MomentStats,
+    effective_rank,
+    frechet_distance,
+    geometry,
+    latent_distance,
+    linear_cka,
+    mean_pairwise_cosine,
+    mmd_rbf,
+    nearest_token_cosine,
+    norm_ratio,
+    participation_ratio,
+    probe_accuracy,
+    probing,
+    rankme,
+    stable_rank,
+    stats,
+    step_cosines,
     vocab_distance,
 )
-from lensing.metrics import geometry, probing, stats
 
 SHAPES = {"seed": st.integers(0, 2**31 - 1), "n": st.integers(3, 12), "d": st.integers(2, 6)}
 FEW = settings(max_examples=25, deadline=None)
@@ -40,8 +54,15 @@ def close(actual, expected, tol: float = 1e-6) -> None:
 
 
 def spectra(x: torch.Tensor) -> list[torch.Tensor]:
-    return [effective_rank(x), effective_rank(x, center=False), participation_ratio(x),
-            participation_ratio(x, center=False), stable_rank(x), stable_rank(x, center=True), rankme(x)]
+    return [
+        effective_rank(x),
+        effective_rank(x, center=False),
+        participation_ratio(x),
+        participation_ratio(x, center=False),
+        stable_rank(x),
+        stable_rank(x, center=True),
+        rankme(x),
+    ]
 
 
 @pytest.mark.parametrize("module", [geometry, stats, probing])
@@ -50,6 +71,7 @@ def test_docstring_examples(module):
 
 
 # Hand-known values.
+
 
 @pytest.mark.parametrize("d", [1, 2, 5])
 def test_identity_has_full_rank(d):
@@ -180,11 +202,12 @@ def test_probe_with_rare_or_single_classes():
 
 # Properties.
 
+
 @FEW
 @given(**SHAPES)
 def test_rotation_invariance(seed, n, d):
     x, y, q = cloud(seed, n, d), cloud(seed + 7, n, d), rotation(seed, d)
-    for before, after in zip(spectra(x), spectra(x @ q)):
+    for before, after in zip(spectra(x), spectra(x @ q), strict=False):
         close(after, before)
     for metric in (mean_pairwise_cosine, latent_distance):
         close(metric(x @ q), metric(x))
@@ -197,7 +220,7 @@ def test_rotation_invariance(seed, n, d):
 @given(**SHAPES, scale=st.floats(1e-3, 1e3))
 def test_scale_invariance(seed, n, d, scale):
     x, y = cloud(seed, n, d), cloud(seed + 7, n, d)
-    for before, after in zip(spectra(x), spectra(scale * x)):
+    for before, after in zip(spectra(x), spectra(scale * x), strict=False):
         close(after, before)
     close(mean_pairwise_cosine(scale * x), mean_pairwise_cosine(x))
     close(linear_cka(scale * x, y), linear_cka(x, y))
@@ -208,7 +231,7 @@ def test_scale_invariance(seed, n, d, scale):
 def test_sample_order_invariance(seed, n, d):
     x, y, vocab = cloud(seed, n, d), cloud(seed + 7, n, d), cloud(seed + 8, 5, d)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    for before, after in zip(spectra(x), spectra(x[perm])):
+    for before, after in zip(spectra(x), spectra(x[perm]), strict=False):
         close(after, before)
     for metric in (mean_pairwise_cosine, latent_distance):
         close(metric(x[perm]), metric(x))
@@ -220,7 +243,7 @@ def test_sample_order_invariance(seed, n, d):
     best, best_perm = nearest_token_cosine(x, vocab), nearest_token_cosine(x[perm], vocab)
     assert torch.equal(best_perm.token_id, best.token_id[perm])
     latents = torch.stack([x, y], dim=1)
-    for before, after in zip(step_cosines(latents), step_cosines(latents[perm])):
+    for before, after in zip(step_cosines(latents), step_cosines(latents[perm]), strict=False):
         torch.testing.assert_close(after, before)
 
 
@@ -248,7 +271,7 @@ def test_probe_accuracy_is_a_fraction(seed, n, classes):
 def test_merged_shards_equal_one_pass(seed, n, d, cuts):
     x = cloud(seed, 3 * n, d)
     bounds = [0, *sorted(round(c * len(x)) for c in cuts), len(x)]
-    shards = [MomentStats.empty(d).update(x[a:b]) for a, b in zip(bounds, bounds[1:])]
+    shards = [MomentStats.empty(d).update(x[a:b]) for a, b in zip(bounds, bounds[1:], strict=False)]
     one_pass = MomentStats.empty(d).update(x)
     for merged in (functools.reduce(MomentStats.merge, shards), functools.reduce(MomentStats.merge, shards[::-1])):
         assert merged.count == one_pass.count

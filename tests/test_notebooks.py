@@ -49,6 +49,11 @@ def test_kernel_is_this_python():
 def test_runs_without_error(path):
     nb = nbformat.read(path, as_version=4)
     _client(nb).execute()  # raises CellExecutionError with the failing cell's traceback
-    errors = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs
-              if out.get("output_type") == "error"]
+    errors = [
+        out
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for out in cell.outputs
+        if out.get("output_type") == "error"
+    ]
     assert not errors, errors

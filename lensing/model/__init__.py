@@ -6,6 +6,13 @@ from lensing.model.latent_lm import CheckpointError, LatentForward, LatentLM
 from lensing.model.trace import Trace
 
 __all__ = [
-    "THINKING_TOKEN", "CheckpointError", "LatentConfig", "LatentForward", "LatentLM", "Trace",
-    "latent_embedding", "prediction_distribution", "top_p_filter",
+    "THINKING_TOKEN",
+    "CheckpointError",
+    "LatentConfig",
+    "LatentForward",
+    "LatentLM",
+    "Trace",
+    "latent_embedding",
+    "prediction_distribution",
+    "top_p_filter",
 ]

@@ -9,7 +9,9 @@ from torch import Tensor, nn
 from lensing.model.config import LatentConfig
 
 
-def top_p_filter(probs: Float[Tensor, "... vocab"], top_p: float, rule: str = "reference") -> Float[Tensor, "... vocab"]:
+def top_p_filter(
+    probs: Float[Tensor, "... vocab"], top_p: float, rule: str = "reference"
+) -> Float[Tensor, "... vocab"]:
     """Keeps the most probable tokens up to mass ``top_p`` and renormalises.
 
     ``reference`` keeps tokens while the cumulative probability is <= top_p (the token that

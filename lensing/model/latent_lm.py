@@ -81,9 +81,7 @@ class LatentLM(nn.Module):
         self.thinking_id = tokenizer.convert_tokens_to_ids(THINKING_TOKEN)
         if model.get_input_embeddings().num_embeddings <= self.thinking_id:
             self._add_thinking_rows(init_token or tokenizer.eos_token)
-        self.adapter = (
-            make_adapter(self.d_model, self.config.adapter_hidden) if self.config.adapter_hidden else None
-        )
+        self.adapter = make_adapter(self.d_model, self.config.adapter_hidden) if self.config.adapter_hidden else None
 
     def _add_thinking_rows(self, init_token: str) -> None:
         source = self.tokenizer.convert_tokens_to_ids(init_token)
@@ -136,8 +134,12 @@ class LatentLM(nn.Module):
 
     def _forward(self, embeds, mask, positions, cache):
         out = self.model(
-            inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
-            past_key_values=cache, use_cache=True, output_hidden_states=True,
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            output_hidden_states=True,
         )
         return out.logits, out.hidden_states[self.config.layer]
 
@@ -159,7 +161,9 @@ class LatentLM(nn.Module):
         if input_ids.numel() == 0:
             raise ValueError("empty batch: input_ids has no tokens")
         if input_ids.shape[1] > self.max_length:
-            raise ValueError(f"sequence of {input_ids.shape[1]} tokens exceeds the model's context of {self.max_length}")
+            raise ValueError(
+                f"sequence of {input_ids.shape[1]} tokens exceeds the model's context of {self.max_length}"
+            )
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         is_latent = (input_ids == self.thinking_id) & attention_mask.bool()
@@ -201,7 +205,9 @@ class LatentLM(nn.Module):
 
     # --------------------------------------------------------------- scoring
     @torch.no_grad()
-    def score(self, prompt_ids: list[list[int]], completion_ids: list[list[int]], meta: list[dict] | None = None) -> list[Trace]:
+    def score(
+        self, prompt_ids: list[list[int]], completion_ids: list[list[int]], meta: list[dict] | None = None
+    ) -> list[Trace]:
         """Teacher-forced traces of ``prompt + completion`` (completions may hold `<thinking>` ids).
 
         ``gold_prob`` is the probability the model gives each next token of the sequence.
@@ -223,10 +229,18 @@ class LatentLM(nn.Module):
             gold = torch.full((n,), float("nan"))
             gold[:-1] = torch.softmax(logits[:-1], -1).gather(1, ids[i, 1:n, None]).squeeze(1)
             is_lat = ids[i, :n] == self.thinking_id
-            traces.append(self._make_trace(
-                s, len(prompt_ids[i]), out.inputs_embeds[i, :n], out.latent_h[i, :n][is_lat],
-                out.latent_pred[i, :n][is_lat], logits, gold, (meta or [{}] * len(seqs))[i],
-            ))
+            traces.append(
+                self._make_trace(
+                    s,
+                    len(prompt_ids[i]),
+                    out.inputs_embeds[i, :n],
+                    out.latent_h[i, :n][is_lat],
+                    out.latent_pred[i, :n][is_lat],
+                    logits,
+                    gold,
+                    (meta or [{}] * len(seqs))[i],
+                )
+            )
         return traces
 
     @property
@@ -252,16 +266,26 @@ class LatentLM(nn.Module):
         max_prob, entropy = confidence(logits)
         special = [t for t in self.tokenizer.all_special_tokens if t != THINKING_TOKEN]
         return Trace(
-            token_ids=torch.tensor(ids), tokens=self.token_strings(ids), kinds=self._kinds(ids, n_prompt),
-            input_embeds=embeds.detach().float().cpu(), latent_h=lat_h.detach().float().cpu().reshape(-1, self.d_model),
-            latent_pred=lat_pred.detach().float().cpu().reshape(-1, self.d_model), logits=logits,
-            max_prob=max_prob, entropy=entropy, gold_prob=gold, meta={**meta, "special_tokens": special},
+            token_ids=torch.tensor(ids),
+            tokens=self.token_strings(ids),
+            kinds=self._kinds(ids, n_prompt),
+            input_embeds=embeds.detach().float().cpu(),
+            latent_h=lat_h.detach().float().cpu().reshape(-1, self.d_model),
+            latent_pred=lat_pred.detach().float().cpu().reshape(-1, self.d_model),
+            logits=logits,
+            max_prob=max_prob,
+            entropy=entropy,
+            gold_prob=gold,
+            meta={**meta, "special_tokens": special},
         )
 
     # ------------------------------------------------------------ generation
     @torch.no_grad()
     def generate(
-        self, prompts: str | list[str], max_new_tokens: int = 128, meta: list[dict] | None = None,
+        self,
+        prompts: str | list[str],
+        max_new_tokens: int = 128,
+        meta: list[dict] | None = None,
         force_latents: int = 0,
     ) -> list[Trace]:
         """Batched greedy generation with the KV cache; a latent is fed whenever argmax is `<thinking>`.
@@ -285,8 +309,8 @@ class LatentLM(nn.Module):
         ids = torch.full((batch, longest), self._pad_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for i, e in enumerate(encoded):
-            ids[i, longest - len(e):] = torch.tensor(e)
-            mask[i, longest - len(e):] = 1
+            ids[i, longest - len(e) :] = torch.tensor(e)
+            mask[i, longest - len(e) :] = 1
         ids, mask = ids.to(dev), mask.to(dev)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
@@ -315,13 +339,20 @@ class LatentLM(nn.Module):
             last_logits, last_h = logits[:, -1], hidden[:, -1]
             for store, value in zip(
                 (steps_ids, steps_emb, steps_logits, steps_h, steps_pred),
-                (token, emb, last_logits, h_part, pred_part), strict=True,
+                (token, emb, last_logits, h_part, pred_part),
+                strict=True,
             ):
                 store.append(value.float().cpu() if value.is_floating_point() else value.cpu())
             if finished.all():
                 break
-        steps = {name: torch.stack(v, dim=1) if v else None for name, v in zip(
-            ("ids", "emb", "logits", "h", "pred"), (steps_ids, steps_emb, steps_logits, steps_h, steps_pred), strict=True)}
+        steps = {
+            name: torch.stack(v, dim=1) if v else None
+            for name, v in zip(
+                ("ids", "emb", "logits", "h", "pred"),
+                (steps_ids, steps_emb, steps_logits, steps_h, steps_pred),
+                strict=True,
+            )
+        }
         prefill_logits, prefill_emb = logits_prefill.float().cpu(), embeds.float().cpu()
         traces = []
         for i, e in enumerate(encoded):
@@ -336,9 +367,18 @@ class LatentLM(nn.Module):
                 lat_h, lat_pred = steps["h"][i, :n_new][is_lat], steps["pred"][i, :n_new][is_lat]
             seq = e + gen_ids
             gold = torch.full((len(seq),), float("nan"))
-            traces.append(self._make_trace(
-                seq, len(e), row_emb, lat_h, lat_pred, row_logits, gold, {"prompt": prompts[i], **((meta or [{}] * batch)[i])},
-            ))
+            traces.append(
+                self._make_trace(
+                    seq,
+                    len(e),
+                    row_emb,
+                    lat_h,
+                    lat_pred,
+                    row_logits,
+                    gold,
+                    {"prompt": prompts[i], **((meta or [{}] * batch)[i])},
+                )
+            )
         return traces
 
     # ------------------------------------------------------------ checkpoints
@@ -357,10 +397,14 @@ class LatentLM(nn.Module):
             if self.adapter is not None:
                 save_file({k: v.contiguous() for k, v in self.adapter.state_dict().items()}, str(tmp / ADAPTER_FILE))
             meta = {
-                "format": CHECKPOINT_FORMAT, "latent_config": self.config.to_dict(),
-                "answer_marker": self.answer_marker, "thinking_id": self.thinking_id,
-                "vocab_size": self.model.get_input_embeddings().num_embeddings, "d_model": self.d_model,
-                "attn_implementation": self.model.config._attn_implementation, "add_bos": self.add_bos,
+                "format": CHECKPOINT_FORMAT,
+                "latent_config": self.config.to_dict(),
+                "answer_marker": self.answer_marker,
+                "thinking_id": self.thinking_id,
+                "vocab_size": self.model.get_input_embeddings().num_embeddings,
+                "d_model": self.d_model,
+                "attn_implementation": self.model.config._attn_implementation,
+                "add_bos": self.add_bos,
                 **(extra or {}),
             }
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
@@ -372,13 +416,17 @@ class LatentLM(nn.Module):
                 shutil.rmtree(tmp)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> LatentLM:
+    def from_pretrained(
+        cls, directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    ) -> LatentLM:
         """Loads a directory written by :meth:`save_pretrained` (safetensors and JSON only)."""
         directory = Path(directory)
         meta = read_checkpoint_meta(directory)
         try:
             model = AutoModelForCausalLM.from_pretrained(
-                str(directory), use_safetensors=True, dtype=dtype or torch.float32,
+                str(directory),
+                use_safetensors=True,
+                dtype=dtype or torch.float32,
                 attn_implementation=meta.get("attn_implementation", "sdpa"),
             )
             tokenizer = AutoTokenizer.from_pretrained(str(directory))
@@ -386,16 +434,23 @@ class LatentLM(nn.Module):
             raise CheckpointError(f"checkpoint {directory} is corrupt or incomplete: {err}") from err
         rows = model.get_input_embeddings().num_embeddings
         if (
-            rows != meta["vocab_size"] or model.get_input_embeddings().embedding_dim != meta["d_model"]
-            or tokenizer.convert_tokens_to_ids(THINKING_TOKEN) != meta["thinking_id"] or len(tokenizer) > rows
+            rows != meta["vocab_size"]
+            or model.get_input_embeddings().embedding_dim != meta["d_model"]
+            or tokenizer.convert_tokens_to_ids(THINKING_TOKEN) != meta["thinking_id"]
+            or len(tokenizer) > rows
         ):
             raise CheckpointError(
                 f"checkpoint {directory} does not match its {META_FILE}: model has {rows} x "
                 f"{model.get_input_embeddings().embedding_dim} embeddings and tokenizer {len(tokenizer)} tokens, "
                 f"metadata says {meta['vocab_size']} x {meta['d_model']} with <thinking> id {meta['thinking_id']}"
             )
-        lm = cls(model, tokenizer, LatentConfig.from_dict(meta["latent_config"]), meta.get("answer_marker"),
-                 add_bos=meta.get("add_bos", True))
+        lm = cls(
+            model,
+            tokenizer,
+            LatentConfig.from_dict(meta["latent_config"]),
+            meta.get("answer_marker"),
+            add_bos=meta.get("add_bos", True),
+        )
         if lm.adapter is not None:
             try:
                 lm.adapter.load_state_dict(load_file(str(directory / ADAPTER_FILE)))

@@ -7,6 +7,14 @@ from lensing.probes.logit_lens import LatentDecodingResult, LogitLensResult, pre
 from lensing.probes.tuned_lens import TunedLens
 
 __all__ = [
-    "ALL_PROBES", "AttentionResult", "Batch", "DecompositionResult", "LatentDecodingResult", "LogitLensResult",
-    "Probe", "TunedLens", "attach", "prediction_depth",
+    "ALL_PROBES",
+    "AttentionResult",
+    "Batch",
+    "DecompositionResult",
+    "LatentDecodingResult",
+    "LogitLensResult",
+    "Probe",
+    "TunedLens",
+    "attach",
+    "prediction_depth",
 ]

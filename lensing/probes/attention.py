@@ -45,8 +45,14 @@ class AttentionResult:
                         if q.any():
                             values.append(pattern[layer].mean(0)[q][:, k].sum(-1))
                     if values:
-                        rows.append({"layer": layer, "query_kind": q_kind, "key_kind": k_kind,
-                                     "share": float(torch.cat(values).mean())})
+                        rows.append(
+                            {
+                                "layer": layer,
+                                "query_kind": q_kind,
+                                "key_kind": k_kind,
+                                "share": float(torch.cat(values).mean()),
+                            }
+                        )
         return pd.DataFrame(rows)
 
     def head_entropy(self) -> Float[Tensor, "layer head"]:
@@ -69,16 +75,47 @@ class AttentionResult:
     def plot(self, trace: int = 0, layer: int = -1) -> go.Figure:
         """Head-averaged pattern of one layer (latent rows and columns marked) and the segment shares."""
         pattern = self.patterns[trace][layer].mean(0).numpy()
-        labels = [token_label(i, t, k) for i, (t, k) in enumerate(zip(self.tokens[trace], self.kinds[trace], strict=True))]
+        labels = [
+            token_label(i, t, k) for i, (t, k) in enumerate(zip(self.tokens[trace], self.kinds[trace], strict=True))
+        ]
         layer_index = layer % self.patterns[trace].shape[0]
         shares = self.segment_shares()
         shares = shares[shares.layer == layer_index].pivot(index="query_kind", columns="key_kind", values="share")
-        fig = make_subplots(1, 2, column_widths=[0.58, 0.42], horizontal_spacing=0.2,
-                            subplot_titles=(f"layer {layer_index} pattern (head mean)", "share by segment"))
-        fig.add_trace(go.Heatmap(z=pattern, x=labels, y=labels, colorscale="Viridis", zmin=0, zmax=1,
-                                 colorbar={"x": 0.47, "len": 0.9, "title": "attn"}), 1, 1)
-        fig.add_trace(go.Heatmap(z=shares.values, x=list(shares.columns), y=list(shares.index), colorscale="Viridis",
-                                 zmin=0, zmax=1, text=shares.round(2).values, texttemplate="%{text}", showscale=False), 1, 2)
+        fig = make_subplots(
+            1,
+            2,
+            column_widths=[0.58, 0.42],
+            horizontal_spacing=0.2,
+            subplot_titles=(f"layer {layer_index} pattern (head mean)", "share by segment"),
+        )
+        fig.add_trace(
+            go.Heatmap(
+                z=pattern,
+                x=labels,
+                y=labels,
+                colorscale="Viridis",
+                zmin=0,
+                zmax=1,
+                colorbar={"x": 0.47, "len": 0.9, "title": "attn"},
+            ),
+            1,
+            1,
+        )
+        fig.add_trace(
+            go.Heatmap(
+                z=shares.values,
+                x=list(shares.columns),
+                y=list(shares.index),
+                colorscale="Viridis",
+                zmin=0,
+                zmax=1,
+                text=shares.round(2).values,
+                texttemplate="%{text}",
+                showscale=False,
+            ),
+            1,
+            2,
+        )
         for i, kind in enumerate(self.kinds[trace]):
             if kind == "latent":
                 fig.add_vline(x=i, line={"color": "#D55E00", "width": 1, "dash": "dot"}, row=1, col=1)

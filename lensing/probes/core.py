@@ -25,8 +25,9 @@ class Batch:
     positions: Int[Tensor, "batch pos"]
 
     @classmethod
-    def from_traces(cls, traces: Trace | Sequence[Trace], device: torch.device | str = "cpu",
-                    dtype: torch.dtype = torch.float32) -> Batch:
+    def from_traces(
+        cls, traces: Trace | Sequence[Trace], device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    ) -> Batch:
         traces = [traces] if isinstance(traces, Trace) else list(traces)
         if not traces:
             raise ValueError("empty batch: give at least one Trace")
@@ -49,8 +50,9 @@ class Batch:
     def flat(self, x: Tensor, batch_dim: int = 0) -> Tensor:
         """Keeps the real positions: ``x`` has batch at ``batch_dim`` and positions right after it;
         those two dimensions become one of all positions, trace after trace."""
-        return torch.cat([x.select(batch_dim, i).narrow(batch_dim, 0, n) for i, n in enumerate(self.lengths)],
-                         dim=batch_dim)
+        return torch.cat(
+            [x.select(batch_dim, i).narrow(batch_dim, 0, n) for i, n in enumerate(self.lengths)], dim=batch_dim
+        )
 
     def index(self) -> tuple[list[int], list[int], list[str], list[str]]:
         """Trace index, position, kind and token string of every real position, in ``flat`` order."""
@@ -80,8 +82,11 @@ class Probe:
 
         self.lm = lm
         self.bridge = TransformerBridge.boot_transformers(
-            getattr(lm.model.config, "_name_or_path", "") or "lensing-model", hf_model=lm.model,
-            tokenizer=lm.tokenizer, device=str(lm.device), dtype=lm.model.dtype,
+            getattr(lm.model.config, "_name_or_path", "") or "lensing-model",
+            hf_model=lm.model,
+            tokenizer=lm.tokenizer,
+            device=str(lm.device),
+            dtype=lm.model.dtype,
         )
         self.bridge.eval()
         self.tuned_lens = None
@@ -120,20 +125,26 @@ class Probe:
         """One hooked forward over the traces' recorded input embeddings, caching only ``names``."""
         batch = Batch.from_traces(traces, device=self.lm.device, dtype=self.lm.model.dtype)
         if batch.embeds.shape[1] > self.lm.max_length:
-            raise ValueError(f"trace of {batch.embeds.shape[1]} positions exceeds the model's context of {self.lm.max_length}")
+            raise ValueError(
+                f"trace of {batch.embeds.shape[1]} positions exceeds the model's context of {self.lm.max_length}"
+            )
         if callable(names):
             keep = names
         else:
             wanted = set(names)
             keep = wanted.__contains__
         logits, cache = self.bridge.run_with_cache(
-            batch.embeds, attention_mask=batch.mask, position_ids=batch.positions, names_filter=keep,
+            batch.embeds,
+            attention_mask=batch.mask,
+            position_ids=batch.positions,
+            names_filter=keep,
         )
         return logits, cache, batch
 
     def resid_names(self) -> list[str]:
         return [f"blocks.{layer}.hook_resid_pre" for layer in range(self.n_layers)] + [
-            f"blocks.{self.n_layers - 1}.hook_resid_post"]
+            f"blocks.{self.n_layers - 1}.hook_resid_post"
+        ]
 
     def resid_stack(self, cache) -> Float[Tensor, "layer batch pos d_model"]:
         return torch.stack([cache[name] for name in self.resid_names()])
@@ -150,8 +161,11 @@ class Probe:
                 names.update(f"blocks.{layer}.attn.hook_pattern" for layer in range(self.n_layers))
             if probe == "decompose":
                 names.update(self.resid_names())
-                names.update(f"blocks.{layer}.{h}" for layer in range(self.n_layers)
-                             for h in ("hook_attn_out", "hook_mlp_out", "attn.hook_z", "hook_resid_mid"))
+                names.update(
+                    f"blocks.{layer}.{h}"
+                    for layer in range(self.n_layers)
+                    for h in ("hook_attn_out", "hook_mlp_out", "attn.hook_z", "hook_resid_mid")
+                )
                 names.add("ln_final.hook_scale")
         return names
 
@@ -197,13 +211,15 @@ class Probe:
         _, cache, batch = self.run_with_cache(traces, self.hook_names(probes))
         out = {}
         if "logit_lens" in probes:
-            out["logit_lens"] = compute_logit_lens(self, cache, batch, options.get("lens", "logit"),
-                                                   options.get("target"), options.get("top_k", 5), 256)
+            out["logit_lens"] = compute_logit_lens(
+                self, cache, batch, options.get("lens", "logit"), options.get("target"), options.get("top_k", 5), 256
+            )
         if "attention" in probes:
             out["attention"] = compute_attention(self, cache, batch)
         if "decompose" in probes:
-            out["decompose"] = compute_decomposition(self, cache, batch, options.get("target"),
-                                                     options.get("foil"), options.get("positions", "all"))
+            out["decompose"] = compute_decomposition(
+                self, cache, batch, options.get("target"), options.get("foil"), options.get("positions", "all")
+            )
         if "decode_latents" in probes:
             out["decode_latents"] = compute_latent_decoding(self, cache, batch, options.get("top_k", 5))
         return out

@@ -46,21 +46,42 @@ class DecompositionResult:
     def to_dataframe(self) -> pd.DataFrame:
         """Long format: one row per (part, position) with its DLA; heads have type ``head``."""
         frames = []
-        for labels, values, kind in ((self.component_labels, self.dla, None), (self.head_labels, self.head_dla, "head")):
+        for labels, values, kind in (
+            (self.component_labels, self.dla, None),
+            (self.head_labels, self.head_dla, "head"),
+        ):
             for c, label in enumerate(labels):
-                frames.append(pd.DataFrame({
-                    "part": label, "type": kind or label.split(".")[-1], "trace": self.trace_index,
-                    "position": self.position, "kind": self.kind, "token": self.token,
-                    "dla": values[c].numpy(), "logit": self.logit.numpy(),
-                }))
+                frames.append(
+                    pd.DataFrame(
+                        {
+                            "part": label,
+                            "type": kind or label.split(".")[-1],
+                            "trace": self.trace_index,
+                            "position": self.position,
+                            "kind": self.kind,
+                            "token": self.token,
+                            "dla": values[c].numpy(),
+                            "logit": self.logit.numpy(),
+                        }
+                    )
+                )
         return pd.concat(frames, ignore_index=True)
 
     def norms_dataframe(self) -> pd.DataFrame:
         """Residual norm and RMS scale at every read-out layer and position."""
-        frames = [pd.DataFrame({"layer_label": label, "trace": self.trace_index, "position": self.position,
-                                "kind": self.kind, "resid_norm": self.resid_norm[i].numpy(),
-                                "rms_scale": self.rms_scale[i].numpy()})
-                  for i, label in enumerate(self.layer_labels)]
+        frames = [
+            pd.DataFrame(
+                {
+                    "layer_label": label,
+                    "trace": self.trace_index,
+                    "position": self.position,
+                    "kind": self.kind,
+                    "resid_norm": self.resid_norm[i].numpy(),
+                    "rms_scale": self.rms_scale[i].numpy(),
+                }
+            )
+            for i, label in enumerate(self.layer_labels)
+        ]
         return pd.concat(frames, ignore_index=True)
 
     def plot(self, column: int | None = None) -> go.Figure:
@@ -70,16 +91,31 @@ class DecompositionResult:
             column = answer[0] if answer else len(self.position) - 1
         n_layers = len(self.layer_labels) - 1
         heads = self.head_dla[:, column].reshape(n_layers, -1).numpy()
-        colors = [OKABE_ITO["grey"] if "embed" in p else OKABE_ITO["blue"] if "attn" in p else OKABE_ITO["orange"]
-                  for p in self.component_labels]
-        fig = make_subplots(1, 2, column_widths=[0.6, 0.4], horizontal_spacing=0.14,
-                            subplot_titles=("DLA by part", "DLA by head"))
-        fig.add_trace(go.Bar(x=self.component_labels, y=self.dla[:, column].numpy(), marker_color=colors,
-                             showlegend=False), 1, 1)
+        colors = [
+            OKABE_ITO["grey"] if "embed" in p else OKABE_ITO["blue"] if "attn" in p else OKABE_ITO["orange"]
+            for p in self.component_labels
+        ]
+        fig = make_subplots(
+            1, 2, column_widths=[0.6, 0.4], horizontal_spacing=0.14, subplot_titles=("DLA by part", "DLA by head")
+        )
+        fig.add_trace(
+            go.Bar(x=self.component_labels, y=self.dla[:, column].numpy(), marker_color=colors, showlegend=False), 1, 1
+        )
         bound = float(abs(heads).max()) or 1.0
-        fig.add_trace(go.Heatmap(z=heads, x=[f"H{h}" for h in range(heads.shape[1])],
-                                 y=[f"L{layer}" for layer in range(n_layers)], colorscale="RdBu", zmid=0,
-                                 zmin=-bound, zmax=bound, colorbar={"title": "DLA"}), 1, 2)
+        fig.add_trace(
+            go.Heatmap(
+                z=heads,
+                x=[f"H{h}" for h in range(heads.shape[1])],
+                y=[f"L{layer}" for layer in range(n_layers)],
+                colorscale="RdBu",
+                zmid=0,
+                zmin=-bound,
+                zmax=bound,
+                colorbar={"title": "DLA"},
+            ),
+            1,
+            2,
+        )
         label = token_label(self.position[column], self.token[column], self.kind[column])
         title = f"trace {self.trace_index[column]}, position {label}: logit {float(self.logit[column]):.2f}"
         fig.update_yaxes(title="direct logit attribution", row=1, col=1)
@@ -96,7 +132,9 @@ def _select_columns(batch, positions) -> list[int]:
             return [i for i, k in enumerate(kind) if k == positions]
         if positions == "last":
             return [i for i in range(len(kind)) if i + 1 == len(kind) or trace_index[i + 1] != trace_index[i]]
-        raise ValueError(f"positions must be all, latent, answer, cot, prompt, last or a list of ints, got {positions!r}")
+        raise ValueError(
+            f"positions must be all, latent, answer, cot, prompt, last or a list of ints, got {positions!r}"
+        )
     wanted = set(positions)
     return [i for i, p in enumerate(position) if p in wanted]
 
@@ -149,8 +187,21 @@ def compute_decomposition(probe, cache, batch, target, foil, positions: str | Se
     trace_index, position, kind, token = batch.index()
     pick = lambda xs: [xs[i] for i in cols]  # noqa: E731
     return DecompositionResult(
-        labels, head_labels, pick(trace_index), pick(position), pick(kind), pick(token), targets, foils,
-        components.cpu(), heads.cpu(), dla.cpu(), head_dla.cpu(), logit.cpu(), final.cpu(),
-        stack.norm(dim=-1).cpu(), (stack.pow(2).mean(-1) + eps).sqrt().cpu(), probe.layer_labels,
+        labels,
+        head_labels,
+        pick(trace_index),
+        pick(position),
+        pick(kind),
+        pick(token),
+        targets,
+        foils,
+        components.cpu(),
+        heads.cpu(),
+        dla.cpu(),
+        head_dla.cpu(),
+        logit.cpu(),
+        final.cpu(),
+        stack.norm(dim=-1).cpu(),
+        (stack.pow(2).mean(-1) + eps).sqrt().cpu(),
+        probe.layer_labels,
     )
-

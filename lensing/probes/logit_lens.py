@@ -31,8 +31,13 @@ class LensStats:
 
 @torch.no_grad()
 def lens_statistics(
-    probe, resid: Float[Tensor, "layer n d_model"], targets: Int[Tensor, " n"], top_k: int = 5,
-    chunk: int = 256, translators=None, vocab_chunk: int | None = None,
+    probe,
+    resid: Float[Tensor, "layer n d_model"],
+    targets: Int[Tensor, " n"],
+    top_k: int = 5,
+    chunk: int = 256,
+    translators=None,
+    vocab_chunk: int | None = None,
 ) -> LensStats:
     """Reads every residual through the final norm and unembedding (after a tuned-lens translator
     when given) and reduces the logits to statistics without ever holding a layer's full logits.
@@ -177,16 +182,26 @@ class LogitLensResult:
         frames = []
         for layer, label in enumerate(self.layer_labels):
             s = self.stats
-            frames.append(pd.DataFrame({
-                "layer": layer, "layer_label": label, "trace": self.trace_index, "position": self.position,
-                "kind": self.kind, "token": self.token,
-                "top1": [self.id_to_str[int(i)] for i in s.top_ids[layer, :, 0]],
-                "p_top1": s.top_probs[layer, :, 0].numpy(), "entropy": s.entropy[layer].numpy(),
-                "kl_to_final": s.kl_to_final[layer].numpy(),
-                "target": [self.id_to_str.get(int(t), "") if t >= 0 else "" for t in self.target_ids],
-                "target_rank": s.target_rank[layer].numpy(), "target_prob": s.target_prob[layer].numpy(),
-                "prediction_depth": self.prediction_depth.numpy(),
-            }))
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "layer": layer,
+                        "layer_label": label,
+                        "trace": self.trace_index,
+                        "position": self.position,
+                        "kind": self.kind,
+                        "token": self.token,
+                        "top1": [self.id_to_str[int(i)] for i in s.top_ids[layer, :, 0]],
+                        "p_top1": s.top_probs[layer, :, 0].numpy(),
+                        "entropy": s.entropy[layer].numpy(),
+                        "kl_to_final": s.kl_to_final[layer].numpy(),
+                        "target": [self.id_to_str.get(int(t), "") if t >= 0 else "" for t in self.target_ids],
+                        "target_rank": s.target_rank[layer].numpy(),
+                        "target_prob": s.target_prob[layer].numpy(),
+                        "prediction_depth": self.prediction_depth.numpy(),
+                    }
+                )
+            )
         return pd.concat(frames, ignore_index=True)
 
     def mean_kl_by_layer(self) -> Float[Tensor, " layer"]:
@@ -202,21 +217,32 @@ class LogitLensResult:
             raise ValueError(f"no trace {trace} in this result")
         prompt = [c for c in cols if self.kind[c] == "prompt"]
         if len(cols) > max_positions and prompt:
-            cols = cols[cols.index(prompt[-1]):]
+            cols = cols[cols.index(prompt[-1]) :]
         cols = cols[:max_positions]
         z = getattr(self.stats, value) if value != "p_top1" else self.stats.top_probs[..., 0]
         z = z[:, cols].numpy()
-        text = [[_short(self.id_to_str[int(i)]) for i in self.stats.top_ids[layer, cols, 0]]
-                for layer in range(len(self.layer_labels))]
+        text = [
+            [_short(self.id_to_str[int(i)]) for i in self.stats.top_ids[layer, cols, 0]]
+            for layer in range(len(self.layer_labels))
+        ]
         kinds = [self.kind[c] for c in cols]
         labels = [token_label(self.position[c], self.token[c], self.kind[c]) for c in cols]
-        fig = go.Figure(go.Heatmap(
-            z=z, x=list(range(len(cols))), y=self.layer_labels, text=text, texttemplate="%{text}",
-            textfont={"size": 9}, colorscale="Viridis", colorbar={"title": value.replace("_", " ")},
-            hovertemplate="pos %{x}<br>layer %{y}<br>top-1 %{text}<br>" + value + " %{z:.3f}<extra></extra>",
-        ))
-        fig.update_xaxes(tickmode="array", tickvals=list(range(len(cols))), ticktext=labels, tickangle=-90,
-                         tickfont={"size": 9})
+        fig = go.Figure(
+            go.Heatmap(
+                z=z,
+                x=list(range(len(cols))),
+                y=self.layer_labels,
+                text=text,
+                texttemplate="%{text}",
+                textfont={"size": 9},
+                colorscale="Viridis",
+                colorbar={"title": value.replace("_", " ")},
+                hovertemplate="pos %{x}<br>layer %{y}<br>top-1 %{text}<br>" + value + " %{z:.3f}<extra></extra>",
+            )
+        )
+        fig.update_xaxes(
+            tickmode="array", tickvals=list(range(len(cols))), ticktext=labels, tickangle=-90, tickfont={"size": 9}
+        )
         mark_latent_columns(fig, kinds)
         return apply_style(fig, 880, 340, f"{self.lens} lens: {value.replace('_', ' ')} (◆ = latent)")
 
@@ -233,8 +259,10 @@ def compute_logit_lens(probe, cache, batch, lens: str, target, top_k: int, chunk
     translators = None
     if lens == "tuned":
         if probe.tuned_lens is None:
-            raise ValueError("no tuned lens: train one with probe.train_tuned_lens(traces) or load one with "
-                             "probe.load_tuned_lens(path)")
+            raise ValueError(
+                "no tuned lens: train one with probe.train_tuned_lens(traces) or load one with "
+                "probe.load_tuned_lens(path)"
+            )
         translators = probe.tuned_lens.translate
     resid = batch.flat(probe.resid_stack(cache), batch_dim=1)  # [layer, n, d]
     n = resid.shape[1]
@@ -245,8 +273,18 @@ def compute_logit_lens(probe, cache, batch, lens: str, target, top_k: int, chunk
     stats = lens_statistics(probe, resid, targets, top_k, chunk, translators)
     trace_index, position, kind, token = batch.index()
     ids = torch.cat([stats.top_ids.flatten(), targets[targets >= 0]])
-    return LogitLensResult(lens, probe.layer_labels, trace_index, position, kind, token, targets, stats,
-                           prediction_depth(stats.top_ids[..., 0]), _id_strings(probe.lm, ids))
+    return LogitLensResult(
+        lens,
+        probe.layer_labels,
+        trace_index,
+        position,
+        kind,
+        token,
+        targets,
+        stats,
+        prediction_depth(stats.top_ids[..., 0]),
+        _id_strings(probe.lm, ids),
+    )
 
 
 @dataclass
@@ -268,14 +306,21 @@ class LatentDecodingResult:
         for j in range(len(self.position)):
             nearest = " ".join(self.id_to_str[int(i)] for i in self.nearest_ids[j])
             for layer, label in enumerate(self.layer_labels):
-                rows.append({
-                    "trace": self.trace_index[j], "position": self.position[j], "latent_step": self.step[j],
-                    "layer": layer, "layer_label": label,
-                    "top_tokens": [self.id_to_str[int(i)] for i in self.top_ids[layer, j]],
-                    "top_probs": self.top_probs[layer, j].tolist(),
-                    "top1": self.id_to_str[int(self.top_ids[layer, j, 0])], "p_top1": float(self.top_probs[layer, j, 0]),
-                    "nearest_input_tokens": nearest, "nearest_cosine": float(self.nearest_cosine[j, 0]),
-                })
+                rows.append(
+                    {
+                        "trace": self.trace_index[j],
+                        "position": self.position[j],
+                        "latent_step": self.step[j],
+                        "layer": layer,
+                        "layer_label": label,
+                        "top_tokens": [self.id_to_str[int(i)] for i in self.top_ids[layer, j]],
+                        "top_probs": self.top_probs[layer, j].tolist(),
+                        "top1": self.id_to_str[int(self.top_ids[layer, j, 0])],
+                        "p_top1": float(self.top_probs[layer, j, 0]),
+                        "nearest_input_tokens": nearest,
+                        "nearest_cosine": float(self.nearest_cosine[j, 0]),
+                    }
+                )
         return pd.DataFrame(rows)
 
     def plot(self, trace: int = 0) -> go.Figure:
@@ -283,12 +328,23 @@ class LatentDecodingResult:
         if not cols:
             raise ValueError(f"trace {trace} has no latent positions")
         z = self.top_probs[:, cols, 0].numpy()
-        text = [[_short(self.id_to_str[int(self.top_ids[layer, j, 0])]) for j in cols]
-                for layer in range(len(self.layer_labels))]
-        fig = go.Figure(go.Heatmap(
-            z=z, x=[f"◆{self.step[j]} @{self.position[j]}" for j in cols], y=self.layer_labels, text=text,
-            texttemplate="%{text}", colorscale="Viridis", zmin=0, zmax=1, colorbar={"title": "p(top-1)"},
-        ))
+        text = [
+            [_short(self.id_to_str[int(self.top_ids[layer, j, 0])]) for j in cols]
+            for layer in range(len(self.layer_labels))
+        ]
+        fig = go.Figure(
+            go.Heatmap(
+                z=z,
+                x=[f"◆{self.step[j]} @{self.position[j]}" for j in cols],
+                y=self.layer_labels,
+                text=text,
+                texttemplate="%{text}",
+                colorscale="Viridis",
+                zmin=0,
+                zmax=1,
+                colorbar={"title": "p(top-1)"},
+            )
+        )
         return apply_style(fig, 440, 320, "latent decoding (top-1 per layer)")
 
 
@@ -310,6 +366,14 @@ def compute_latent_decoding(probe, cache, batch, top_k: int) -> LatentDecodingRe
     nearest_ids = nearest.indices.cpu() if rows else torch.zeros(0, top_k, dtype=torch.long)
     nearest_cos = nearest.values.cpu() if rows else torch.zeros(0, top_k)
     ids = torch.cat([stats.top_ids.flatten(), nearest_ids.flatten()])
-    return LatentDecodingResult(probe.layer_labels, [trace_index[i] for i in rows], [position[i] for i in rows],
-                                step, stats.top_ids, stats.top_probs, nearest_ids, nearest_cos,
-                                _id_strings(probe.lm, ids))
+    return LatentDecodingResult(
+        probe.layer_labels,
+        [trace_index[i] for i in rows],
+        [position[i] for i in rows],
+        step,
+        stats.top_ids,
+        stats.top_probs,
+        nearest_ids,
+        nearest_cos,
+        _id_strings(probe.lm, ids),
+    )

@@ -30,7 +30,9 @@ class TunedLens(nn.Module):
         return h + t(h.to(t.weight.dtype)).to(h.dtype)
 
     @classmethod
-    def fit(cls, probe, traces, steps: int = 300, lr: float = 1e-2, seed: int = 0, batch_positions: int = 1024) -> TunedLens:
+    def fit(
+        cls, probe, traces, steps: int = 300, lr: float = 1e-2, seed: int = 0, batch_positions: int = 1024
+    ) -> TunedLens:
         """Trains translators on every position of ``traces`` (the model itself stays frozen)."""
         _, cache, batch = probe.run_with_cache(traces, probe.resid_names())
         resid = batch.flat(probe.resid_stack(cache), batch_dim=1).detach().float()  # [layer, n, d]

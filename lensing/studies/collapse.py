@@ -105,15 +105,24 @@ class CollapseAccumulator:
         emb_sample = emb[torch.randperm(emb.shape[0], generator=torch.Generator().manual_seed(self.seed))[:2048]]
         token_norm = emb.norm(dim=-1).mean()
         rows = []
-        for (step, layer), stats in sorted(self.moments.items(), key=lambda kv: (kv[0][0], self.layer_labels.index(kv[0][1]))):
+        for (step, layer), stats in sorted(
+            self.moments.items(), key=lambda kv: (kv[0][0], self.layer_labels.index(kv[0][1]))
+        ):
             sample = torch.stack([v for v, _ in self.reservoir[(step, layer)]]).double()
             row = {
-                "step": step, "layer": layer, "n": stats.count,
-                "effective_rank": float(stats.effective_rank()), "rankme": float(stats.rankme()),
-                "participation_ratio": float(stats.participation_ratio()), "stable_rank": float(stats.stable_rank()),
+                "step": step,
+                "layer": layer,
+                "n": stats.count,
+                "effective_rank": float(stats.effective_rank()),
+                "rankme": float(stats.rankme()),
+                "participation_ratio": float(stats.participation_ratio()),
+                "stable_rank": float(stats.stable_rank()),
                 "mean_cosine": float(stats.mean_pairwise_cosine()),
-                "step_cosine": (self.step_cos[(step, layer)][0] / self.step_cos[(step, layer)][1]
-                                if (step, layer) in self.step_cos else float("nan")),
+                "step_cosine": (
+                    self.step_cos[(step, layer)][0] / self.step_cos[(step, layer)][1]
+                    if (step, layer) in self.step_cos
+                    else float("nan")
+                ),
                 "norm_ratio": float(stats.mean_norm() / token_norm),
                 "frechet_to_tokens": float(stats.frechet_distance(token_stats)) if stats.count > 1 else float("nan"),
             }
@@ -151,24 +160,41 @@ class CollapseReport:
 
     def plot(self, layer: str = "embed", where: str = "latent") -> go.Figure:
         metrics = ["effective_rank", "mean_cosine", "latent_distance", "frechet_to_tokens"]
-        titles = ["effective rank (higher = diverse)", "cross-sample cosine (1 = collapsed)",
-                  "latent distance", "Fréchet distance to token embeddings"]
+        titles = [
+            "effective rank (higher = diverse)",
+            "cross-sample cosine (1 = collapsed)",
+            "latent distance",
+            "Fréchet distance to token embeddings",
+        ]
         fig = make_subplots(2, 2, subplot_titles=titles, vertical_spacing=0.16, horizontal_spacing=0.12)
         sub = self.table[(self.table.layer == layer) & (self.table["where"] == where)]
         for m, metric in enumerate(metrics):
             for model, part in sub.groupby("model", sort=False):
                 variant = model.split(":")[-1] if ":" in model else "lt"
-                fig.add_trace(go.Scatter(
-                    x=part.step, y=part[metric], mode="lines+markers", name=model, legendgroup=model,
-                    showlegend=m == 0, line={"color": VARIANT_COLORS.get(variant, "#000000")},
-                ), m // 2 + 1, m % 2 + 1)
+                fig.add_trace(
+                    go.Scatter(
+                        x=part.step,
+                        y=part[metric],
+                        mode="lines+markers",
+                        name=model,
+                        legendgroup=model,
+                        showlegend=m == 0,
+                        line={"color": VARIANT_COLORS.get(variant, "#000000")},
+                    ),
+                    m // 2 + 1,
+                    m % 2 + 1,
+                )
         fig.update_xaxes(title=f"{where} step")
         return apply_style(fig, 880, 560, f"collapse metrics at layer '{layer}' ({where} positions)")
 
 
 @torch.no_grad()
 def collect(
-    lm: LatentLM, problems: list[Problem], where: str = "latent", force_latents: int = 6, batch_size: int = 100,
+    lm: LatentLM,
+    problems: list[Problem],
+    where: str = "latent",
+    force_latents: int = 6,
+    batch_size: int = 100,
     accumulator: CollapseAccumulator | None = None,
 ) -> CollapseAccumulator:
     """Generates for ``problems`` and adds every sample's anchor states to an accumulator.
@@ -186,8 +212,9 @@ def collect(
     acc = accumulator or CollapseAccumulator(probe.layer_labels)
     for start in range(0, len(problems), batch_size):
         chunk = problems[start : start + batch_size]
-        traces = lm.generate([p.prompt for p in chunk], max_new_tokens=160,
-                             force_latents=force_latents if where == "latent" else 0)
+        traces = lm.generate(
+            [p.prompt for p in chunk], max_new_tokens=160, force_latents=force_latents if where == "latent" else 0
+        )
         _, cache, batch = probe.run_with_cache(traces, probe.resid_names())
         stack = probe.resid_stack(cache).cpu()  # [layer, batch, pos, d]
         for i, (trace, problem) in enumerate(zip(traces, chunk, strict=True)):
@@ -198,8 +225,9 @@ def collect(
     return acc
 
 
-def collapse_study(models: dict[str, LatentLM], problems: list[Problem], where: str = "latent",
-                   force_latents: int = 6) -> CollapseReport:
+def collapse_study(
+    models: dict[str, LatentLM], problems: list[Problem], where: str = "latent", force_latents: int = 6
+) -> CollapseReport:
     """The collapse table for several models on the same problems."""
     frames = []
     for name, lm in models.items():

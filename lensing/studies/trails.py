@@ -6,9 +6,10 @@
   the direct attribution to a predicted token.
 
 "Falling into the rut": same-structure inputs should have more similar trails than others
-(the ratio of within- to between-structure cosine distance is below 1 at a layer), and a trail should retrieve its own structure from a
-library better than a bag-of-tokens baseline. Collapse is the degenerate case where everything
-is similar, so the report puts trail and collapse numbers side by side.
+(the ratio of within- to between-structure cosine distance is below 1 at a layer), and a trail
+should retrieve its own structure from a library better than a bag-of-tokens baseline. Collapse
+is the degenerate case where everything is similar, so the report puts trail and collapse numbers
+side by side.
 """
 
 from __future__ import annotations
@@ -46,8 +47,10 @@ def within_between(similarity: Float[Tensor, "n n"], groups: list) -> tuple[floa
     same = g[:, None] == g[None, :]
     off = ~torch.eye(len(groups), dtype=torch.bool)
     within, between = similarity[same & off], similarity[~same]
-    return (float(within.mean()) if within.numel() else float("nan"),
-            float(between.mean()) if between.numel() else float("nan"))
+    return (
+        float(within.mean()) if within.numel() else float("nan"),
+        float(between.mean()) if between.numel() else float("nan"),
+    )
 
 
 def distance_ratio(within: float, between: float) -> float:
@@ -140,18 +143,50 @@ class TrailsReport:
     def plot(self) -> go.Figure:
         t = self.table
         fig = go.Figure()
-        fig.add_trace(go.Scatter(x=t.layer, y=t.depth_ratio, mode="lines+markers", name="depth trail: within/between distance",
-                                 line={"color": OKABE_ITO["vermillion"]}))
-        fig.add_trace(go.Scatter(x=t.layer, y=t.chain_ratio, mode="lines+markers", name="chain trail: within/between distance",
-                                 line={"color": OKABE_ITO["blue"]}))
-        fig.add_trace(go.Scatter(x=t.layer, y=t.capture_rate, mode="lines+markers", name="library capture rate",
-                                 line={"color": OKABE_ITO["green"]}, yaxis="y2"))
-        fig.add_trace(go.Scatter(x=t.layer, y=t.baseline_capture_rate, mode="lines", name="bag-of-tokens capture",
-                                 line={"color": OKABE_ITO["green"], "dash": "dash"}, yaxis="y2"))
+        fig.add_trace(
+            go.Scatter(
+                x=t.layer,
+                y=t.depth_ratio,
+                mode="lines+markers",
+                name="depth trail: within/between distance",
+                line={"color": OKABE_ITO["vermillion"]},
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=t.layer,
+                y=t.chain_ratio,
+                mode="lines+markers",
+                name="chain trail: within/between distance",
+                line={"color": OKABE_ITO["blue"]},
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=t.layer,
+                y=t.capture_rate,
+                mode="lines+markers",
+                name="library capture rate",
+                line={"color": OKABE_ITO["green"]},
+                yaxis="y2",
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=t.layer,
+                y=t.baseline_capture_rate,
+                mode="lines",
+                name="bag-of-tokens capture",
+                line={"color": OKABE_ITO["green"], "dash": "dash"},
+                yaxis="y2",
+            )
+        )
         fig.add_hline(y=1, line={"color": "#999999", "dash": "dot"})
-        fig.update_layout(yaxis={"title": "within / between distance (<1: rut)"},
-                          yaxis2={"title": "capture rate", "overlaying": "y", "side": "right", "range": [0, 1]},
-                          xaxis={"title": "read-out layer"})
+        fig.update_layout(
+            yaxis={"title": "within / between distance (<1: rut)"},
+            yaxis2={"title": "capture rate", "overlaying": "y", "side": "right", "range": [0, 1]},
+            xaxis={"title": "read-out layer"},
+        )
         return apply_style(fig, 880, 380, "trails: same-structure similarity and retrieval by layer")
 
     def plot_pca(self, layer: int = -1) -> go.Figure:
@@ -161,9 +196,19 @@ class TrailsReport:
         fig = go.Figure()
         for i, s in enumerate(structures):
             c = palette[names.index(s) % len(palette)]
-            fig.add_trace(go.Scatter3d(x=traj[i, :, 0], y=traj[i, :, 1], z=traj[i, :, 2], mode="lines+markers",
-                                       line={"color": c, "width": 3}, marker={"size": 3, "color": c}, name=s,
-                                       legendgroup=s, showlegend=s not in structures[:i]))
+            fig.add_trace(
+                go.Scatter3d(
+                    x=traj[i, :, 0],
+                    y=traj[i, :, 1],
+                    z=traj[i, :, 2],
+                    mode="lines+markers",
+                    line={"color": c, "width": 3},
+                    marker={"size": 3, "color": c},
+                    name=s,
+                    legendgroup=s,
+                    showlegend=s not in structures[:i],
+                )
+            )
         return apply_style(fig, 640, 520, f"chain trails in PCA space (layer {layer}), colour = structure")
 
 
@@ -187,10 +232,18 @@ def attribution_trail(probe, trace: Trace, position: int, top_k: int = 3) -> pd.
         layer, head = divmod(h, n_heads)
         weights = attn[layer, head, position]
         for src in weights.topk(min(top_k, len(weights))).indices.tolist():
-            rows.append({"source_position": src, "source_token": trace.tokens[src], "source_kind": trace.kinds[src],
-                         "head": parts.head_labels[h], "head_dla": float(parts.head_dla[h, 0]),
-                         "attention": float(weights[src]), "edge": float(parts.head_dla[h, 0] * weights[src]),
-                         "target_token": probe.lm.tokenizer.decode([int(parts.target_ids[0])])})
+            rows.append(
+                {
+                    "source_position": src,
+                    "source_token": trace.tokens[src],
+                    "source_kind": trace.kinds[src],
+                    "head": parts.head_labels[h],
+                    "head_dla": float(parts.head_dla[h, 0]),
+                    "attention": float(weights[src]),
+                    "edge": float(parts.head_dla[h, 0] * weights[src]),
+                    "target_token": probe.lm.tokenizer.decode([int(parts.target_ids[0])]),
+                }
+            )
     return pd.DataFrame(rows).sort_values("edge", key=abs, ascending=False, ignore_index=True)
 
 
@@ -223,18 +276,29 @@ def trails_study(lm: LatentLM, problems: list[Problem], seed: int = 0) -> Trails
         else:
             within, between = within_between(centred_cosine_matrix(depth[:, layer]), structures)
             capture = capture_rate(depth[:, layer], structures, seed=seed)
-        row = {"layer": label, "depth_within": within, "depth_between": between,
-               "depth_ratio": distance_ratio(within, between), "capture_rate": capture,
-               "baseline_capture_rate": baseline,
-               "effective_rank": rank,
-               "mean_cosine": float(mean_pairwise_cosine(depth[:, layer]))}
+        row = {
+            "layer": label,
+            "depth_within": within,
+            "depth_between": between,
+            "depth_ratio": distance_ratio(within, between),
+            "capture_rate": capture,
+            "baseline_capture_rate": baseline,
+            "effective_rank": rank,
+            "mean_cosine": float(mean_pairwise_cosine(depth[:, layer])),
+        }
         if len(chains) >= 2 and len({len(c) for c in chains}) == 1 and len(chains[0]) >= 2:
             deltas = torch.stack([c[:, layer].diff(dim=0).flatten() for c in chains])
-            c_within, c_between = (within_between(centred_cosine_matrix(deltas), chain_structures)
-                                   if float(effective_rank(deltas)) > 0 else (float("nan"), float("nan")))
+            c_within, c_between = (
+                within_between(centred_cosine_matrix(deltas), chain_structures)
+                if float(effective_rank(deltas)) > 0
+                else (float("nan"), float("nan"))
+            )
             row.update(chain_within=c_within, chain_between=c_between, chain_ratio=distance_ratio(c_within, c_between))
         rows.append(row)
     answer_positions = [t.kinds.index("answer") for t in traces[:1] if "answer" in t.kinds]
-    attribution = (attribution_trail(probe, traces[0], answer_positions[0] + 2) if answer_positions
-                   and answer_positions[0] + 2 < len(traces[0]) else pd.DataFrame())
+    attribution = (
+        attribution_trail(probe, traces[0], answer_positions[0] + 2)
+        if answer_positions and answer_positions[0] + 2 < len(traces[0])
+        else pd.DataFrame()
+    )
     return TrailsReport(pd.DataFrame(rows), chains, chain_structures, attribution)

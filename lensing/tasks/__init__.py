@@ -13,6 +13,13 @@ from lensing.tasks.arith import (
 from lensing.tasks.tokenizer import build_char_tokenizer
 
 __all__ = [
-    "ANSWER_MARKER", "MAX_STEPS", "Problem", "Splits", "build_char_tokenizer", "extract_answer",
-    "is_correct", "make_problem", "make_splits",
+    "ANSWER_MARKER",
+    "MAX_STEPS",
+    "Problem",
+    "Splits",
+    "build_char_tokenizer",
+    "extract_answer",
+    "is_correct",
+    "make_problem",
+    "make_splits",
 ]

@@ -103,7 +103,10 @@ class Splits:
 
 
 def make_splits(
-    n_train: int, n_val: int, n_test: int, difficulties: tuple[int, ...] = tuple(range(1, MAX_STEPS + 1)),
+    n_train: int,
+    n_val: int,
+    n_test: int,
+    difficulties: tuple[int, ...] = tuple(range(1, MAX_STEPS + 1)),
     seed: int = 0,
 ) -> Splits:
     """Seeded splits with ``n_*`` problems *per difficulty*; no question appears in two splits.

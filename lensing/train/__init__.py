@@ -5,6 +5,14 @@ from lensing.train.data import Example, collate, encode_problems, gold_probabili
 from lensing.train.evaluate import EvalResult, evaluate
 
 __all__ = [
-    "PRESETS", "EvalResult", "Example", "TrainConfig", "collate", "encode_problems", "evaluate",
-    "gold_probabilities", "insert_latents", "run_curriculum",
+    "PRESETS",
+    "EvalResult",
+    "Example",
+    "TrainConfig",
+    "collate",
+    "encode_problems",
+    "evaluate",
+    "gold_probabilities",
+    "insert_latents",
+    "run_curriculum",
 ]

@@ -60,11 +60,22 @@ class TrainConfig:
 # 4.3 (6 steps) uncertain tokens per problem (measured on 1,200 training problems).
 PRESETS = {
     "tiny": TrainConfig(latent=LatentConfig(tau=0.99)),
-    "smoke": TrainConfig(n_layers=2, d_model=32, n_heads=4, d_mlp=64, steps=(30, 4, 4), batch_size=8,
-                         warmup=5, n_train=20, n_val=1, n_test=1),
+    "smoke": TrainConfig(
+        n_layers=2,
+        d_model=32,
+        n_heads=4,
+        d_mlp=64,
+        steps=(30, 4, 4),
+        batch_size=8,
+        warmup=5,
+        n_train=20,
+        n_val=1,
+        n_test=1,
+    ),
     # for --base (a pretrained model): the paper's learning rate, model size comes from the base
-    "base": TrainConfig(steps=(600, 300, 300), lr=(5e-5, 5e-5, 5e-5), batch_size=16, warmup=30, n_train=2000,
-                        n_val=20, n_test=50),
+    "base": TrainConfig(
+        steps=(600, 300, 300), lr=(5e-5, 5e-5, 5e-5), batch_size=16, warmup=30, n_train=2000, n_val=20, n_test=50
+    ),
 }
 
 
@@ -73,10 +84,17 @@ def build_model(cfg: TrainConfig, tokenizer_dir: Path) -> LatentLM:
     tokenizer = save_and_reload(build_char_tokenizer(), tokenizer_dir)
     torch.manual_seed(cfg.seed)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=cfg.d_model, intermediate_size=cfg.d_mlp,
-        num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_heads,
-        max_position_embeddings=cfg.max_len, tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.d_model,
+        intermediate_size=cfg.d_mlp,
+        num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads,
+        num_key_value_heads=cfg.n_heads,
+        max_position_embeddings=cfg.max_len,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
         attn_implementation="eager",  # faster than SDPA for the short cached segments on CPU
     )
     return LatentLM(LlamaForCausalLM(config), tokenizer, cfg.latent, answer_marker=ANSWER_MARKER)
@@ -90,8 +108,9 @@ def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def train_stage(lm: LatentLM, examples: list[Example], steps: int, lr: float, cfg: TrainConfig, seed: int,
-                desc: str) -> list[float]:
+def train_stage(
+    lm: LatentLM, examples: list[Example], steps: int, lr: float, cfg: TrainConfig, seed: int, desc: str
+) -> list[float]:
     """AdamW (fresh) on random batches of one difficulty each; returns the loss of every step.
 
     Drawing each batch from a single difficulty keeps padding low and lines up latent
@@ -124,8 +143,15 @@ def train_stage(lm: LatentLM, examples: list[Example], steps: int, lr: float, cf
     return losses
 
 
-def run_curriculum(cfg: TrainConfig, out: str | Path, device: str = "cpu", command: str = "",
-                   log=print, base: str | None = None, dtype: torch.dtype | None = None) -> dict[str, dict]:
+def run_curriculum(
+    cfg: TrainConfig,
+    out: str | Path,
+    device: str = "cpu",
+    command: str = "",
+    log=print,
+    base: str | None = None,
+    dtype: torch.dtype | None = None,
+) -> dict[str, dict]:
     """Trains all three stages and writes ``out/cot``, ``out/hidden`` and ``out/lt``; returns the records.
 
     Without ``base`` the model is a fresh Llama of the config's size with a character tokenizer;
@@ -154,21 +180,31 @@ def run_curriculum(cfg: TrainConfig, out: str | Path, device: str = "cpu", comma
             log(f"stage {index + 1} ({name}): inserted {n_lat:.2f} latents per example in {time.time() - t0:.0f}s")
         lm.config = replace(lm.config, mode=mode)
         t0 = time.time()
-        losses = train_stage(lm, examples, cfg.steps[index], cfg.lr[index], cfg, cfg.seed + 100 * index,
-                             f"stage {index + 1} ({name})")
+        losses = train_stage(
+            lm, examples, cfg.steps[index], cfg.lr[index], cfg, cfg.seed + 100 * index, f"stage {index + 1} ({name})"
+        )
         wall = time.time() - t0
         result = evaluate(lm, splits.val)
-        log(f"stage {index + 1} ({name}): {wall:.0f}s, final loss {sum(losses[-50:]) / len(losses[-50:]):.4f}, "
-            f"val accuracy {result.accuracy:.1f}%")
+        log(
+            f"stage {index + 1} ({name}): {wall:.0f}s, final loss {sum(losses[-50:]) / len(losses[-50:]):.4f}, "
+            f"val accuracy {result.accuracy:.1f}%"
+        )
         records[name] = {
-            "stage": index + 1, "name": name,
+            "stage": index + 1,
+            "name": name,
             "training": {
-                "command": command, "seed": cfg.seed, "steps": cfg.steps[index], "wall_time_s": round(wall, 1),
-                "losses": [round(x, 5) for x in losses], "train_config": cfg.to_dict(),
+                "command": command,
+                "seed": cfg.seed,
+                "steps": cfg.steps[index],
+                "wall_time_s": round(wall, 1),
+                "losses": [round(x, 5) for x in losses],
+                "train_config": cfg.to_dict(),
                 "latents_per_example": sum(e.completion_ids.count(lm.thinking_id) for e in examples) / len(examples),
             },
             "eval": {"split": "val", **result.to_dict()},
         }
-        lm.save_pretrained(out / name, extra={"stage": index + 1, "variant": name, "task": "arith", "base": base,
-                                              "record": records[name]})
+        lm.save_pretrained(
+            out / name,
+            extra={"stage": index + 1, "variant": name, "task": "arith", "base": base, "record": records[name]},
+        )
     return records

@@ -30,8 +30,7 @@ def encode_problems(lm: LatentLM, problems: list[Problem]) -> list[Example]:
     """Prompt and gold CoT completion (plus EOS), with no latents."""
     eos = lm.tokenizer.eos_token_id
     return [
-        Example(tuple(lm.encode(p.prompt)), tuple(lm.encode(p.completion, add_bos=False)) + (eos,), p)
-        for p in problems
+        Example(tuple(lm.encode(p.prompt)), tuple(lm.encode(p.completion, add_bos=False)) + (eos,), p) for p in problems
     ]
 
 

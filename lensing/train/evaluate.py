@@ -26,13 +26,23 @@ class EvalResult:
         for s, c, n in zip(self.steps, self.correct, self.n_latents, strict=True):
             rows[s].append((c, n))
         table = [
-            {"steps": str(s), "n": len(v), "accuracy": 100 * sum(c for c, _ in v) / len(v),
-             "mean_latents": sum(n for _, n in v) / len(v)}
+            {
+                "steps": str(s),
+                "n": len(v),
+                "accuracy": 100 * sum(c for c, _ in v) / len(v),
+                "mean_latents": sum(n for _, n in v) / len(v),
+            }
             for s, v in sorted(rows.items())
         ]
         total = len(self.correct)
-        table.append({"steps": "all", "n": total, "accuracy": 100 * sum(self.correct) / total,
-                      "mean_latents": sum(self.n_latents) / total})
+        table.append(
+            {
+                "steps": "all",
+                "n": total,
+                "accuracy": 100 * sum(self.correct) / total,
+                "mean_latents": sum(self.n_latents) / total,
+            }
+        )
         return pd.DataFrame(table)
 
     @property
@@ -52,7 +62,8 @@ def evaluate(lm: LatentLM, problems: list[Problem], batch_size: int = 200, max_n
     for start in range(0, len(problems), batch_size):
         chunk = problems[start : start + batch_size]
         traces += lm.generate(
-            [p.prompt for p in chunk], max_new_tokens=max_new_tokens,
+            [p.prompt for p in chunk],
+            max_new_tokens=max_new_tokens,
             meta=[{"steps": p.steps, "structure": p.structure, "answer": p.answer} for p in chunk],
         )
     return EvalResult(

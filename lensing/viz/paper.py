@@ -23,7 +23,7 @@ import torch
 from plotly.subplots import make_subplots
 from tqdm.auto import tqdm
 
-from lensing.viz.style import KIND_COLORS, OKABE_ITO, VARIANT_COLORS, apply_style
+from lensing.viz.style import VARIANT_COLORS, apply_style
 
 STATIC_FORMATS = ("png", "svg", "pdf")
 VARIANTS = ("cot", "hidden", "lt")
@@ -61,13 +61,21 @@ def accuracy_figure(evals: dict) -> Figure:
     fig = go.Figure()
     for variant in evals:
         part = df[(df.variant == variant) & (df.steps != "all")]
-        fig.add_trace(go.Bar(x=part.steps, y=part.accuracy, name=f"arith-tiny:{variant}",
-                             marker_color=VARIANT_COLORS[variant]))
-    fig.update_layout(barmode="group", xaxis_title="reasoning steps (difficulty)", yaxis_title="test accuracy (%)",
-                      yaxis_range=[0, 105])
+        fig.add_trace(
+            go.Bar(x=part.steps, y=part.accuracy, name=f"arith-tiny:{variant}", marker_color=VARIANT_COLORS[variant])
+        )
+    fig.update_layout(
+        barmode="group",
+        xaxis_title="reasoning steps (difficulty)",
+        yaxis_title="test accuracy (%)",
+        yaxis_range=[0, 105],
+    )
     overall = df[df.steps == "all"].set_index("variant").accuracy
-    caption = ("Greedy test accuracy by number of steps for the three stages. Overall: "
-               + ", ".join(f":{v} {overall[v]:.1f}%" for v in evals) + ".")
+    caption = (
+        "Greedy test accuracy by number of steps for the three stages. Overall: "
+        + ", ".join(f":{v} {overall[v]:.1f}%" for v in evals)
+        + "."
+    )
     return Figure("accuracy_by_difficulty", apply_style(fig, 880, 340), df, caption)
 
 
@@ -78,43 +86,85 @@ def latents_figure(evals: dict) -> Figure:
     fig = go.Figure()
     for variant in ("hidden", "lt"):
         part = df[df.variant == variant]
-        fig.add_trace(go.Scatter(x=part.steps.astype(int), y=part.mean_latents, mode="lines+markers",
-                                 name=f"arith-tiny:{variant}", line={"color": VARIANT_COLORS[variant]}))
+        fig.add_trace(
+            go.Scatter(
+                x=part.steps.astype(int),
+                y=part.mean_latents,
+                mode="lines+markers",
+                name=f"arith-tiny:{variant}",
+                line={"color": VARIANT_COLORS[variant]},
+            )
+        )
     fig.update_layout(xaxis_title="reasoning steps (difficulty)", yaxis_title="mean <thinking> tokens per problem")
     lt = df[df.variant == "lt"].set_index("steps").mean_latents
     grows = bool(np.all(np.diff(lt.values) >= -1e-9))
-    caption = (f"Paper Fig. 3 analogue: latents emitted per problem by :lt grow from {lt.iloc[0]:.2f} (1 step) to "
-               f"{lt.iloc[-1]:.2f} (6 steps); {'monotonically' if grows else 'not monotonically'}.")
+    caption = (
+        f"Paper Fig. 3 analogue: latents emitted per problem by :lt grow from {lt.iloc[0]:.2f} (1 step) to "
+        f"{lt.iloc[-1]:.2f} (6 steps); {'monotonically' if grows else 'not monotonically'}."
+    )
     return Figure("latents_vs_difficulty", apply_style(fig), df, caption)
 
 
 def entropy_attention_figure(traces: dict, probes: dict) -> Figure:
-    fig = make_subplots(1, 2, subplot_titles=("next-token entropy", "last-layer attention share on latents"),
-                        horizontal_spacing=0.14)
+    fig = make_subplots(
+        1, 2, subplot_titles=("next-token entropy", "last-layer attention share on latents"), horizontal_spacing=0.14
+    )
     rows = []
     length = 60
     for variant in ("cot", "lt"):
-        gen = [t.entropy[t.prompt_length:].tolist() for t in traces[variant]]
+        gen = [t.entropy[t.prompt_length :].tolist() for t in traces[variant]]
         shares = probes[variant].attention(traces[variant]).share_on("latent", layer=-1)
-        share = [s[t.prompt_length:].tolist() for s, t in zip(shares, traces[variant], strict=True)]
+        share = [s[t.prompt_length :].tolist() for s, t in zip(shares, traces[variant], strict=True)]
         for col, values in ((1, gen), (2, share)):
             mean, se, count = _mean_se(values, length)
             x = np.arange(1, length + 1)
             keep = count >= 10
             color = VARIANT_COLORS[variant]
-            fig.add_trace(go.Scatter(x=np.r_[x[keep], x[keep][::-1]], y=np.r_[(mean + se)[keep], (mean - se)[keep][::-1]],
-                                     fill="toself", line={"width": 0}, fillcolor=color, opacity=0.25,
-                                     showlegend=False, hoverinfo="skip"), 1, col)
-            fig.add_trace(go.Scatter(x=x[keep], y=mean[keep], mode="lines", name=f"arith-tiny:{variant}",
-                                     line={"color": color}, showlegend=col == 1), 1, col)
-            rows += [{"variant": variant, "panel": "entropy" if col == 1 else "latent_share", "position": int(i),
-                      "mean": m, "se": s, "n": int(c)} for i, m, s, c in zip(x, mean, se, count, strict=True)]
+            fig.add_trace(
+                go.Scatter(
+                    x=np.r_[x[keep], x[keep][::-1]],
+                    y=np.r_[(mean + se)[keep], (mean - se)[keep][::-1]],
+                    fill="toself",
+                    line={"width": 0},
+                    fillcolor=color,
+                    opacity=0.25,
+                    showlegend=False,
+                    hoverinfo="skip",
+                ),
+                1,
+                col,
+            )
+            fig.add_trace(
+                go.Scatter(
+                    x=x[keep],
+                    y=mean[keep],
+                    mode="lines",
+                    name=f"arith-tiny:{variant}",
+                    line={"color": color},
+                    showlegend=col == 1,
+                ),
+                1,
+                col,
+            )
+            rows += [
+                {
+                    "variant": variant,
+                    "panel": "entropy" if col == 1 else "latent_share",
+                    "position": int(i),
+                    "mean": m,
+                    "se": s,
+                    "n": int(c),
+                }
+                for i, m, s, c in zip(x, mean, se, count, strict=True)
+            ]
     fig.update_xaxes(title="generated position")
     df = pd.DataFrame(rows)
     lt_share = df[(df.variant == "lt") & (df.panel == "latent_share") & (df.n >= 10)]["mean"]
-    caption = (f"Paper Fig. 4 analogue over {len(traces['lt'])} test problems (mean ± s.e.): per-position entropy, "
-               f"and the head-averaged last-layer attention share on <thinking> positions (:lt peak "
-               f"{lt_share.max():.3f}).")
+    caption = (
+        f"Paper Fig. 4 analogue over {len(traces['lt'])} test problems (mean ± s.e.): per-position entropy, "
+        f"and the head-averaged last-layer attention share on <thinking> positions (:lt peak "
+        f"{lt_share.max():.3f})."
+    )
     return Figure("entropy_and_latent_attention", apply_style(fig, 880, 340), df, caption)
 
 
@@ -135,44 +185,84 @@ def pca_collapse_figure(chains: dict, report) -> Figure:
         proj = (centred @ v[:2].T).reshape(x.shape[0], x.shape[1], 2)
         for c, step in enumerate(steps):
             p = proj[:, step - 1]
-            fig.add_trace(go.Scatter(x=p[:, 0], y=p[:, 1], mode="markers", showlegend=False,
-                                     marker={"size": 5, "color": VARIANT_COLORS[variant]}), r + 1, c + 1)
-            rows += [{"variant": variant, "step": step, "sample": i, "pc1": float(a), "pc2": float(b)}
-                     for i, (a, b) in enumerate(p.tolist())]
+            fig.add_trace(
+                go.Scatter(
+                    x=p[:, 0],
+                    y=p[:, 1],
+                    mode="markers",
+                    showlegend=False,
+                    marker={"size": 5, "color": VARIANT_COLORS[variant]},
+                ),
+                r + 1,
+                c + 1,
+            )
+            rows += [
+                {"variant": variant, "step": step, "sample": i, "pc1": float(a), "pc2": float(b)}
+                for i, (a, b) in enumerate(p.tolist())
+            ]
     eff = report.compare("effective_rank")
     cos = report.compare("mean_cosine")
     for r, table in enumerate((eff, cos)):
         for model in table.columns:
             variant = model.split(":")[-1] if ":" in model else "lt"
-            fig.add_trace(go.Scatter(x=table.index, y=table[model], mode="lines+markers", name=model,
-                                     line={"color": VARIANT_COLORS.get(variant, "#000")}, showlegend=r == 0),
-                          r + 1, len(steps) + 1)
+            fig.add_trace(
+                go.Scatter(
+                    x=table.index,
+                    y=table[model],
+                    mode="lines+markers",
+                    name=model,
+                    line={"color": VARIANT_COLORS.get(variant, "#000")},
+                    showlegend=r == 0,
+                ),
+                r + 1,
+                len(steps) + 1,
+            )
     fig.update_xaxes(title="latent step", row=2, col=len(steps) + 1)
     fig.update_xaxes(title="PC1", row=2, col=1)
     fig.update_yaxes(title="PC2", col=1)
     e6 = eff.loc[eff.index.max()]
     c6 = cos.loc[cos.index.max()]
-    caption = (f"Paper Fig. 5 with numbers: PCA (shared axes per row) of latent input vectors of "
-               f"{chains[variants[0]].shape[0]} test problems under a forced chain of 6 latents, and cross-sample "
-               f"effective rank / cosine by step. At step 6: effective rank "
-               + ", ".join(f"{m} {e6[m]:.2f}" for m in e6.index) + "; cosine "
-               + ", ".join(f"{m} {c6[m]:.3f}" for m in c6.index) + ".")
+    caption = (
+        f"Paper Fig. 5 with numbers: PCA (shared axes per row) of latent input vectors of "
+        f"{chains[variants[0]].shape[0]} test problems under a forced chain of 6 latents, and cross-sample "
+        f"effective rank / cosine by step. At step 6: effective rank "
+        + ", ".join(f"{m} {e6[m]:.2f}" for m in e6.index)
+        + "; cosine "
+        + ", ".join(f"{m} {c6[m]:.3f}" for m in c6.index)
+        + "."
+    )
     return Figure("latent_pca_and_collapse", apply_style(fig, 1300, 560), pd.DataFrame(rows), caption)
 
 
 def mismatch_figure(report) -> Figure:
     df = report.table[report.table.layer == "embed"]
-    fig = make_subplots(1, 3, subplot_titles=("Fréchet distance to tokens", "norm ratio to tokens",
-                                              "cosine to nearest token"), horizontal_spacing=0.1)
+    fig = make_subplots(
+        1,
+        3,
+        subplot_titles=("Fréchet distance to tokens", "norm ratio to tokens", "cosine to nearest token"),
+        horizontal_spacing=0.1,
+    )
     for c, metric in enumerate(("frechet_to_tokens", "norm_ratio", "nearest_token_cosine")):
         for model, part in df.groupby("model", sort=False):
             variant = model.split(":")[-1] if ":" in model else "lt"
-            fig.add_trace(go.Scatter(x=part.step, y=part[metric], mode="lines+markers", name=model,
-                                     line={"color": VARIANT_COLORS.get(variant, "#000")}, showlegend=c == 0), 1, c + 1)
+            fig.add_trace(
+                go.Scatter(
+                    x=part.step,
+                    y=part[metric],
+                    mode="lines+markers",
+                    name=model,
+                    line={"color": VARIANT_COLORS.get(variant, "#000")},
+                    showlegend=c == 0,
+                ),
+                1,
+                c + 1,
+            )
     fig.update_xaxes(title="latent step")
     f = df.groupby("model", sort=False).frechet_to_tokens.mean()
-    caption = ("Distribution mismatch of latent inputs against the token-embedding cloud. Mean Fréchet distance "
-               "over steps: " + ", ".join(f"{m} {v:.2f}" for m, v in f.items()) + ".")
+    caption = (
+        "Distribution mismatch of latent inputs against the token-embedding cloud. Mean Fréchet distance "
+        "over steps: " + ", ".join(f"{m} {v:.2f}" for m, v in f.items()) + "."
+    )
     return Figure("distribution_mismatch", apply_style(fig, 880, 320), df, caption)
 
 
@@ -182,9 +272,11 @@ def logit_lens_figure(lens, decoding) -> Figure:
     df = df[df.trace == 0]
     lat = decoding.to_dataframe()
     final = df[df.layer == df.layer.max()]
-    caption = (f"Logit lens on one :lt trace (layers x positions, ◆ = latent, cell text = top-1 token, colour = "
-               f"probability of the next gold token). Mean prediction depth {final.prediction_depth.mean():.2f} of "
-               f"{df.layer.max()} layers; {len(lat[lat.trace == 0]) // max(1, df.layer.max() + 1)} latent(s) decoded.")
+    caption = (
+        f"Logit lens on one :lt trace (layers x positions, ◆ = latent, cell text = top-1 token, colour = "
+        f"probability of the next gold token). Mean prediction depth {final.prediction_depth.mean():.2f} of "
+        f"{df.layer.max()} layers; {len(lat[lat.trace == 0]) // max(1, df.layer.max() + 1)} latent(s) decoded."
+    )
     return Figure("logit_lens", fig, df, caption)
 
 
@@ -192,8 +284,10 @@ def latent_decoding_figure(decoding) -> Figure:
     df = decoding.to_dataframe()
     last = df[df.layer == df.layer.max()]
     digit = last.top1.str.fullmatch(r"\d").mean() if len(last) else float("nan")
-    caption = (f"What latent positions decode to at each layer (Coconut's decoding of continuous thoughts): at the "
-               f"last layer {100 * digit:.0f}% of {len(last)} latents decode to a digit.")
+    caption = (
+        f"What latent positions decode to at each layer (Coconut's decoding of continuous thoughts): at the "
+        f"last layer {100 * digit:.0f}% of {len(last)} latents decode to a digit."
+    )
     return Figure("latent_decoding", decoding.plot(trace=int(df.trace.iloc[0]) if len(df) else 0), df, caption)
 
 
@@ -201,8 +295,10 @@ def attention_figure(attn, trace_index: int) -> Figure:
     df = attn.segment_shares()
     last = df[(df.layer == df.layer.max()) & (df.query_kind == "answer") & (df.key_kind == "latent")]
     share = float(last.share.iloc[0]) if len(last) else float("nan")
-    caption = (f"Head-averaged last-layer attention on one :lt trace (latent rows/columns dotted) and the share each "
-               f"segment gets from each other; answer → latent share at the last layer: {share:.3f}.")
+    caption = (
+        f"Head-averaged last-layer attention on one :lt trace (latent rows/columns dotted) and the share each "
+        f"segment gets from each other; answer → latent share at the last layer: {share:.3f}."
+    )
     return Figure("attention", attn.plot(trace=trace_index), df, caption)
 
 
@@ -210,30 +306,47 @@ def decomposition_figure(parts) -> Figure:
     df = parts.to_dataframe()
     by_part = df[df.type != "head"].groupby("part", sort=False).dla.mean()
     top = by_part.abs().idxmax()
-    caption = (f"Direct logit attribution to the first answer digit, by part and by head (one :lt trace); over "
-               f"{parts.dla.shape[1]} answer-digit positions the largest mean contributor is {top} "
-               f"({by_part[top]:.2f} logits).")
+    caption = (
+        f"Direct logit attribution to the first answer digit, by part and by head (one :lt trace); over "
+        f"{parts.dla.shape[1]} answer-digit positions the largest mean contributor is {top} "
+        f"({by_part[top]:.2f} logits)."
+    )
     answer = [i for i, k in enumerate(parts.kind) if k == "answer" and parts.token[i].isdigit()]
     return Figure("residual_decomposition", parts.plot(column=answer[0] if answer else None), df, caption)
 
 
 def trails_pca_figure(report) -> Figure:
     traj, structures = report.pca_trajectories(layer=-1)
-    df = pd.DataFrame([{"trail": i, "structure": s, "step": j + 1, "pc1": float(traj[i, j, 0]),
-                        "pc2": float(traj[i, j, 1]), "pc3": float(traj[i, j, 2])}
-                       for i, s in enumerate(structures) for j in range(traj.shape[1])])
-    caption = (f"Chain trails (residual at the end of each CoT line, last layer) of {len(structures)} 3-step problems "
-               f"in PCA space, coloured by reasoning structure ({len(set(structures))} structures).")
+    df = pd.DataFrame(
+        [
+            {
+                "trail": i,
+                "structure": s,
+                "step": j + 1,
+                "pc1": float(traj[i, j, 0]),
+                "pc2": float(traj[i, j, 1]),
+                "pc3": float(traj[i, j, 2]),
+            }
+            for i, s in enumerate(structures)
+            for j in range(traj.shape[1])
+        ]
+    )
+    caption = (
+        f"Chain trails (residual at the end of each CoT line, last layer) of {len(structures)} 3-step problems "
+        f"in PCA space, coloured by reasoning structure ({len(set(structures))} structures)."
+    )
     return Figure("trails_pca", report.plot_pca(layer=-1), df, caption)
 
 
 def trails_ratio_figure(report) -> Figure:
     t = report.table
     best = t.loc[t.depth_ratio.idxmin()]
-    caption = (f"Within/between-structure cosine distance of depth trails (prompt end) and chain trails by layer "
-               f"(< 1: same-structure trails closer), with library capture rate vs a bag-of-tokens baseline "
-               f"({t.baseline_capture_rate.iloc[0]:.2f}). Best depth ratio {best.depth_ratio:.3f} at {best.layer}, "
-               f"capture {best.capture_rate:.2f}.")
+    caption = (
+        f"Within/between-structure cosine distance of depth trails (prompt end) and chain trails by layer "
+        f"(< 1: same-structure trails closer), with library capture rate vs a bag-of-tokens baseline "
+        f"({t.baseline_capture_rate.iloc[0]:.2f}). Best depth ratio {best.depth_ratio:.3f} at {best.layer}, "
+        f"capture {best.capture_rate:.2f}."
+    )
     return Figure("trails_structure_ratio", report.plot(), t, caption)
 
 
@@ -295,9 +408,14 @@ def build_figures(model: str = "arith-tiny", n_eval: int = 50, n_analysis: int =
         out.append(trails_pca_figure(report))
         out.append(trails_ratio_figure(report))
 
-    steps = [("load models", load_models), ("accuracy and latents (eval)", run_eval),
-             ("entropy and attention (Fig. 4)", run_fig4), ("collapse and mismatch (Fig. 5)", run_collapse),
-             ("logit lens, attention, decomposition", run_probes), ("trails", run_trails)]
+    steps = [
+        ("load models", load_models),
+        ("accuracy and latents (eval)", run_eval),
+        ("entropy and attention (Fig. 4)", run_fig4),
+        ("collapse and mismatch (Fig. 5)", run_collapse),
+        ("logit lens, attention, decomposition", run_probes),
+        ("trails", run_trails),
+    ]
     for desc, fn in tqdm(steps, desc="figures", file=sys.stderr):
         t0 = time.time()
         fn()
@@ -324,16 +442,33 @@ def write_figures(figures: list[Figure], out: str | Path, formats: tuple[str, ..
                 figs.append(f.figure)
                 paths.append(tmp / f"{f.name}.{fmt}")
         if figs:  # write_images ignores the layout size unless it is passed explicitly
-            pio.write_images(figs, paths, width=[f.layout.width for f in figs], height=[f.layout.height for f in figs],
-                             scale=[2 if str(p).endswith(".png") else 1 for p in paths])
+            pio.write_images(
+                figs,
+                paths,
+                width=[f.layout.width for f in figs],
+                height=[f.layout.height for f in figs],
+                scale=[2 if str(p).endswith(".png") else 1 for p in paths],
+            )
         lines = ["# Figures", "", "Regenerated by `lensing figures` (`make figures`) from the bundled models.", ""]
         for i, f in enumerate(figures, 1):
             files = ", ".join(f"[{fmt}]({f.name}.{fmt})" for fmt in formats)
-            lines += [f"## {i}. {f.name}", "", f"![{f.name}]({f.name}.png)" if "png" in formats else "", "",
-                      f.caption, "", f"Files: {files}, [numbers]({f.name}.csv)", ""]
-        lines += ["## Not included", "",
-                  "Paper Fig. 6 (accuracy by choice of the hidden-state layer I): no layer-choice variants are "
-                  "trained or bundled, so this figure is not produced.", ""]
+            lines += [
+                f"## {i}. {f.name}",
+                "",
+                f"![{f.name}]({f.name}.png)" if "png" in formats else "",
+                "",
+                f.caption,
+                "",
+                f"Files: {files}, [numbers]({f.name}.csv)",
+                "",
+            ]
+        lines += [
+            "## Not included",
+            "",
+            "Paper Fig. 6 (accuracy by choice of the hidden-state layer I): no layer-choice variants are "
+            "trained or bundled, so this figure is not produced.",
+            "",
+        ]
         (tmp / "README.md").write_text("\n".join(lines))
         if out.exists():
             for child in out.iterdir():

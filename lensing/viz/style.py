@@ -5,13 +5,28 @@ from __future__ import annotations
 import plotly.graph_objects as go
 
 OKABE_ITO = {
-    "black": "#000000", "orange": "#E69F00", "sky": "#56B4E9", "green": "#009E73",
-    "yellow": "#F0E442", "blue": "#0072B2", "vermillion": "#D55E00", "purple": "#CC79A7", "grey": "#999999",
+    "black": "#000000",
+    "orange": "#E69F00",
+    "sky": "#56B4E9",
+    "green": "#009E73",
+    "yellow": "#F0E442",
+    "blue": "#0072B2",
+    "vermillion": "#D55E00",
+    "purple": "#CC79A7",
+    "grey": "#999999",
 }
-KIND_COLORS = {"prompt": OKABE_ITO["grey"], "cot": OKABE_ITO["blue"], "latent": OKABE_ITO["vermillion"],
-               "answer": OKABE_ITO["green"]}
-VARIANT_COLORS = {"cot": OKABE_ITO["sky"], "hidden": OKABE_ITO["purple"], "lt": OKABE_ITO["vermillion"],
-                  "pretrained": OKABE_ITO["black"]}
+KIND_COLORS = {
+    "prompt": OKABE_ITO["grey"],
+    "cot": OKABE_ITO["blue"],
+    "latent": OKABE_ITO["vermillion"],
+    "answer": OKABE_ITO["green"],
+}
+VARIANT_COLORS = {
+    "cot": OKABE_ITO["sky"],
+    "hidden": OKABE_ITO["purple"],
+    "lt": OKABE_ITO["vermillion"],
+    "pretrained": OKABE_ITO["black"],
+}
 SEQUENTIAL = "Viridis"
 DIVERGING = "RdBu"
 SINGLE_COLUMN = (420, 320)  # px at 100 dpi: about 3.3 in wide, a single paper column
@@ -25,12 +40,18 @@ def token_label(position: int, token: str, kind: str) -> str:
     return f"{position}:{shown}"
 
 
-def apply_style(fig: go.Figure, width: int | None = None, height: int | None = None, title: str | None = None) -> go.Figure:
+def apply_style(
+    fig: go.Figure, width: int | None = None, height: int | None = None, title: str | None = None
+) -> go.Figure:
     """Paper layout: white background, 12 pt sans-serif, tight margins, fixed size."""
     w, h = SINGLE_COLUMN if width is None else (width, height or SINGLE_COLUMN[1])
     fig.update_layout(
-        template="simple_white", width=w, height=height or h, font={"family": "DejaVu Sans, Arial", "size": 12},
-        margin={"l": 60, "r": 20, "t": 40 if title else 20, "b": 50}, title={"text": title, "x": 0.5} if title else None,
+        template="simple_white",
+        width=w,
+        height=height or h,
+        font={"family": "DejaVu Sans, Arial", "size": 12},
+        margin={"l": 60, "r": 20, "t": 40 if title else 20, "b": 50},
+        title={"text": title, "x": 0.5} if title else None,
         legend={"font": {"size": 10}},
     )
     return fig
@@ -40,6 +61,12 @@ def mark_latent_columns(fig: go.Figure, kinds: list[str], row: int | None = None
     """Outlines every latent position of a heatmap whose x axis is the position index."""
     for x, kind in enumerate(kinds):
         if kind == "latent":
-            fig.add_vrect(x0=x - 0.5, x1=x + 0.5, line={"color": KIND_COLORS["latent"], "width": 2.5},
-                          fillcolor="rgba(213,94,0,0.12)", row=row, col=col)
+            fig.add_vrect(
+                x0=x - 0.5,
+                x1=x + 0.5,
+                line={"color": KIND_COLORS["latent"], "width": 2.5},
+                fillcolor="rgba(213,94,0,0.12)",
+                row=row,
+                col=col,
+            )
     return fig

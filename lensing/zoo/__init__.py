@@ -25,8 +25,9 @@ def available() -> list[str]:
     return sorted(BUNDLED)
 
 
-def load(name_or_path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-         device_map=None) -> LatentLM:
+def load(
+    name_or_path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None, device_map=None
+) -> LatentLM:
     """A model by name or path.
 
     Names: the bundled ``arith-tiny`` variants and ``smollm2-135m`` (needs ``lensing[real]``).

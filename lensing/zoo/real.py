@@ -67,8 +67,13 @@ def load_smollm2(device: str | torch.device = "cpu", dtype: torch.dtype | None =
     return load_hf_directory(target, device=device, dtype=dtype, device_map=device_map)
 
 
-def load_hf_directory(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-                      device_map=None, config: LatentConfig | None = None) -> LatentLM:
+def load_hf_directory(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    device_map=None,
+    config: LatentConfig | None = None,
+) -> LatentLM:
     """Any local Hugging Face causal-LM directory (Llama family), wrapped as a LatentLM.
 
     ``device_map`` (e.g. ``"auto"``) is passed to Hugging Face to spread a large model over
@@ -77,8 +82,9 @@ def load_hf_directory(path: str | Path, device: str | torch.device = "cpu", dtyp
     path = Path(path)
     if not (path / "config.json").is_file():
         raise ValueError(f"{path} is not a Hugging Face model directory: config.json is missing")
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or torch.float32, use_safetensors=True,
-                                                 device_map=device_map)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(path), dtype=dtype or torch.float32, use_safetensors=True, device_map=device_map
+    )
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     probe_ids = tokenizer("a")["input_ids"]
     adds_bos = tokenizer.bos_token_id is not None and probe_ids[:1] == [tokenizer.bos_token_id]
