@@ -86,7 +86,7 @@ def _test_problems(n: int, steps: int | None = None, seed: int = 0):
         raise ValueError(f"--n must be positive, got {n}")
     if steps is None:
         return make_splits(0, 0, -(-n // MAX_STEPS), seed=seed).test[:n]
-    return [p for p in make_splits(0, 0, n, seed=seed, difficulties=(steps,)).test]
+    return make_splits(0, 0, n, seed=seed, difficulties=(steps,)).test
 
 
 def _write_table(table, out: str | None, stem: str) -> None:

@@ -161,7 +161,8 @@ def compute_decomposition(probe, cache, batch, target, foil, positions: str | Se
         heads.append(torch.einsum("nhe,hed->hnd", z, W_O))
         head_labels += [f"L{layer}H{h}" for h in range(W_O.shape[0])]
     components, heads = torch.stack(parts), torch.cat(heads)
-    final = batch.flat(probe.resid_stack(cache)[-1])[sel].float()
+    stack = batch.flat(probe.resid_stack(cache), batch_dim=1)[:, sel].float()  # [layer, n, d]
+    final = stack[-1]
     scale = flat("ln_final.hook_scale")  # [n, 1]
     gamma = probe.bridge.ln_final.weight.float()
     logits = probe.unembed(final).float()
@@ -182,7 +183,6 @@ def compute_decomposition(probe, cache, batch, target, foil, positions: str | Se
     logit = logits.gather(1, targets[:, None].to(logits.device)).squeeze(1)
     if foils is not None:
         logit = logit - logits.gather(1, foils[:, None].to(logits.device)).squeeze(1)
-    stack = batch.flat(probe.resid_stack(cache), batch_dim=1)[:, sel].float()
     eps = probe.bridge.cfg.eps
     trace_index, position, kind, token = batch.index()
     pick = lambda xs: [xs[i] for i in cols]  # noqa: E731

@@ -29,7 +29,7 @@ from lensing.metrics import (
 )
 from lensing.model import LatentLM, Trace
 from lensing.tasks import Problem
-from lensing.viz.style import VARIANT_COLORS, apply_style
+from lensing.viz.style import apply_style, model_color
 
 
 def latent_anchors(trace: Trace) -> list[int]:
@@ -170,7 +170,6 @@ class CollapseReport:
         sub = self.table[(self.table.layer == layer) & (self.table["where"] == where)]
         for m, metric in enumerate(metrics):
             for model, part in sub.groupby("model", sort=False):
-                variant = model.split(":")[-1] if ":" in model else "lt"
                 fig.add_trace(
                     go.Scatter(
                         x=part.step,
@@ -179,7 +178,7 @@ class CollapseReport:
                         name=model,
                         legendgroup=model,
                         showlegend=m == 0,
-                        line={"color": VARIANT_COLORS.get(variant, "#000000")},
+                        line={"color": model_color(model)},
                     ),
                     m // 2 + 1,
                     m % 2 + 1,

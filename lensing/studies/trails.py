@@ -143,44 +143,25 @@ class TrailsReport:
     def plot(self) -> go.Figure:
         t = self.table
         fig = go.Figure()
-        fig.add_trace(
-            go.Scatter(
-                x=t.layer,
-                y=t.depth_ratio,
-                mode="lines+markers",
-                name="depth trail: within/between distance",
-                line={"color": OKABE_ITO["vermillion"]},
-            )
+        green = OKABE_ITO["green"]
+        curves = (  # column, name, line, right-hand axis
+            ("depth_ratio", "depth trail: within/between distance", {"color": OKABE_ITO["vermillion"]}, False),
+            ("chain_ratio", "chain trail: within/between distance", {"color": OKABE_ITO["blue"]}, False),
+            ("capture_rate", "library capture rate", {"color": green}, True),
+            ("baseline_capture_rate", "bag-of-tokens capture", {"color": green, "dash": "dash"}, True),
         )
-        fig.add_trace(
-            go.Scatter(
-                x=t.layer,
-                y=t.chain_ratio,
-                mode="lines+markers",
-                name="chain trail: within/between distance",
-                line={"color": OKABE_ITO["blue"]},
-            )
-        )
-        fig.add_trace(
-            go.Scatter(
-                x=t.layer,
-                y=t.capture_rate,
-                mode="lines+markers",
-                name="library capture rate",
-                line={"color": OKABE_ITO["green"]},
-                yaxis="y2",
-            )
-        )
-        fig.add_trace(
-            go.Scatter(
-                x=t.layer,
-                y=t.baseline_capture_rate,
-                mode="lines",
-                name="bag-of-tokens capture",
-                line={"color": OKABE_ITO["green"], "dash": "dash"},
-                yaxis="y2",
-            )
-        )
+        for column, name, line, right in curves:
+            if column in t:
+                fig.add_trace(
+                    go.Scatter(
+                        x=t.layer,
+                        y=t[column],
+                        mode="lines" if "dash" in line else "lines+markers",
+                        name=name,
+                        line=line,
+                        yaxis="y2" if right else "y",
+                    )
+                )
         fig.add_hline(y=1, line={"color": "#999999", "dash": "dot"})
         fig.update_layout(
             yaxis={"title": "within / between distance (<1: rut)"},

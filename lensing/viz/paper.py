@@ -23,7 +23,7 @@ import torch
 from plotly.subplots import make_subplots
 from tqdm.auto import tqdm
 
-from lensing.viz.style import VARIANT_COLORS, apply_style
+from lensing.viz.style import VARIANT_COLORS, apply_style, model_color
 
 STATIC_FORMATS = ("png", "svg", "pdf")
 VARIANTS = ("cot", "hidden", "lt")
@@ -204,14 +204,13 @@ def pca_collapse_figure(chains: dict, report) -> Figure:
     cos = report.compare("mean_cosine")
     for r, table in enumerate((eff, cos)):
         for model in table.columns:
-            variant = model.split(":")[-1] if ":" in model else "lt"
             fig.add_trace(
                 go.Scatter(
                     x=table.index,
                     y=table[model],
                     mode="lines+markers",
                     name=model,
-                    line={"color": VARIANT_COLORS.get(variant, "#000")},
+                    line={"color": model_color(model)},
                     showlegend=r == 0,
                 ),
                 r + 1,
@@ -244,14 +243,13 @@ def mismatch_figure(report) -> Figure:
     )
     for c, metric in enumerate(("frechet_to_tokens", "norm_ratio", "nearest_token_cosine")):
         for model, part in df.groupby("model", sort=False):
-            variant = model.split(":")[-1] if ":" in model else "lt"
             fig.add_trace(
                 go.Scatter(
                     x=part.step,
                     y=part[metric],
                     mode="lines+markers",
                     name=model,
-                    line={"color": VARIANT_COLORS.get(variant, "#000")},
+                    line={"color": model_color(model)},
                     showlegend=c == 0,
                 ),
                 1,

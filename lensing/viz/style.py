@@ -40,6 +40,16 @@ def token_label(position: int, token: str, kind: str) -> str:
     return f"{position}:{shown}"
 
 
+def model_color(name: str) -> str:
+    """Colour of a model name such as ``arith-tiny:hidden`` (a bare name is the LT variant).
+
+    >>> model_color("arith-tiny:cot") == VARIANT_COLORS["cot"]
+    True
+    """
+    variant = name.split(":")[-1] if ":" in name else "lt"
+    return VARIANT_COLORS.get(variant, OKABE_ITO["black"])
+
+
 def apply_style(
     fig: go.Figure, width: int | None = None, height: int | None = None, title: str | None = None
 ) -> go.Figure:
