@@ -175,6 +175,56 @@ def test_vocabulary_slices_give_the_same_statistics(setup):
     assert torch.equal(sliced.top_ids, whole.top_ids) and torch.equal(sliced.target_rank, whole.target_rank)
 
 
+def test_logit_lens_kl_and_rank_match_materialised_logits(setup):
+    from lensing.probes.logit_lens import lens_statistics
+
+    _, probe, traces, _ = setup
+    _, cache, batch = probe.run_with_cache(traces, probe.resid_names())
+    resid = batch.flat(probe.resid_stack(cache), batch_dim=1)
+    targets = batch.next_tokens()
+    stats = lens_statistics(probe, resid, targets, vocab_chunk=5)
+    logits = torch.stack([probe.unembed(r) for r in resid]).float()
+    logp = logits.log_softmax(-1)
+    kl = (logp[-1:].exp() * (logp[-1:] - logp)).sum(-1)
+    torch.testing.assert_close(stats.kl_to_final, kl, atol=1e-5, rtol=0)
+    keep = targets >= 0
+    target_logit = logits[:, keep].gather(2, targets[keep][None, :, None].expand(len(resid), -1, 1))
+    assert torch.equal(stats.target_rank[:, keep], (logits[:, keep] > target_logit).sum(-1))
+    assert (stats.target_rank[:, ~keep] == -1).all()
+
+
+class _HeadOnly:
+    """A probe stand-in whose read-out is a plain linear head: logits = h @ weight.T."""
+
+    def __init__(self, weight):
+        head = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+        head.weight.data = weight
+        self.lm = type("LM", (), {"model": type("Model", (), {"get_output_embeddings": lambda _: head})()})()
+        self.final_norm = torch.nn.Identity()
+        self.unembed = head
+
+
+def test_lens_statistics_far_apart_logits_and_ties_by_hand():
+    from lensing.probes.logit_lens import lens_statistics
+
+    probe = _HeadOnly(torch.eye(4))  # the residual is the logits
+    resid = torch.tensor(
+        [
+            [[0.0, 300.0, -200.0, 1.0], [1.0, 1.0, 1.0, 0.0]],  # target 300 nats below the top; a three-way tie
+            [[0.0, 0.0, 0.0, 0.0], [2.0, 0.0, 0.0, 0.0]],
+        ]
+    )
+    stats = lens_statistics(probe, resid, torch.tensor([0, 1]), top_k=2, vocab_chunk=1)
+    logp = resid.log_softmax(-1)
+    torch.testing.assert_close(stats.entropy, -(logp.exp() * logp).sum(-1))
+    torch.testing.assert_close(stats.kl_to_final, (logp[-1:].exp() * (logp[-1:] - logp)).sum(-1))
+    torch.testing.assert_close(stats.target_prob[0], torch.tensor([logp[0, 0, 0], logp[0, 1, 1]]).exp())
+    # [0, 300, -200, 1]: two above; [1, 1, 1, 0]: two ties = one; [0, 0, 0, 0]: three ties = 1.5, rounded down;
+    # [2, 0, 0, 0] with target 1: one above and two ties
+    assert stats.target_rank.tolist() == [[2, 1], [1, 2]]
+    assert stats.top_ids[0, 0].tolist() == [1, 3]
+
+
 def test_topk_by_blocks_is_exact():
     from lensing.probes.logit_lens import topk_by_blocks
 

@@ -1,7 +1,7 @@
 """Logit lens (and tuned lens) over every layer and position, and the decoding of latent positions.
 
-Statistics are computed chunk by chunk of positions, one layer at a time, so the full
-layers x positions x vocabulary tensor is never held: peak memory is of order chunk x vocab.
+Statistics are reduced from vocabulary slices of the logits as they are produced, so the full
+layers x positions x vocabulary tensor is never held: peak memory is of order positions x vocab.
 """
 
 from __future__ import annotations
@@ -19,7 +19,12 @@ from lensing.viz.style import apply_style, mark_latent_columns, token_label
 
 @dataclass
 class LensStats:
-    """Per read-out layer and position statistics of a lens."""
+    """Per read-out layer and position statistics of a lens.
+
+    ``target_rank`` is the number of tokens whose logit is above the target's (0: the target is the
+    top-1); tokens tied with it count one half each, rounded down. ``kl_to_final`` is
+    KL(final layer || this layer).
+    """
 
     top_ids: Int[Tensor, "layer n k"]
     top_probs: Float[Tensor, "layer n k"]
@@ -27,6 +32,11 @@ class LensStats:
     kl_to_final: Float[Tensor, "layer n"]
     target_rank: Int[Tensor, "layer n"]
     target_prob: Float[Tensor, "layer n"]
+
+
+_ROW_BLOCK = 1024  # read-outs (layer, position) that share one pass over the unembedding matrix
+_SLICE = 1 << 19  # logits reduced while they are still in the cores' caches (2 MiB in float32)
+_SLICES_PER_TOP_K = 16  # slices gathered before their top-k is taken: fewer, wider top-k calls
 
 
 @torch.no_grad()
@@ -40,85 +50,175 @@ def lens_statistics(
     vocab_chunk: int | None = None,
 ) -> LensStats:
     """Reads every residual through the final norm and unembedding (after a tuned-lens translator
-    when given) and reduces the logits to statistics without ever holding a layer's full logits.
+    when given) and reduces the logits to statistics without holding more than one layer's logits.
 
-    Logits are produced in slices of the vocabulary small enough to stay in cache, and every
-    statistic is accumulated online across slices (running max and sum of exponentials for the
-    log-normaliser, a running dot product for the entropy, merged top-k, running rank count), so
-    the cost over the unavoidable unembedding products stays small even at 50k tokens. The KL's
-    cross term needs no pass over the vocabulary: sum_v p_final(v) logit(v) = h . (p_final @ W).
+    The last layer's logits are held for ``chunk`` positions at a time: they are every KL's
+    reference. All earlier read-outs are stacked as rows and multiplied by the unembedding in
+    blocks of rows x vocabulary slices small enough to stay in cache; the statistics are reduced
+    slice by slice (see ``_LogitReduction``). The KL's cross term needs no pass over the
+    vocabulary: sum_v p_final(v) logit(v) = h . (p_final @ W).
     """
     n_layers, n = resid.shape[:2]
-    head = probe.lm.model.get_output_embeddings()
-    weight = head.weight  # [vocab, d]
-    bias = getattr(head, "bias", None)
-    vocab = weight.shape[0]
-    k = min(top_k, vocab)
-    out = {name: [] for name in LensStats.__dataclass_fields__}
-    safe_targets = targets.clamp(min=0).to(resid.device)
-    for start in range(0, max(n, 1), chunk):  # at least once, so that no positions gives empty tensors
-        sl = slice(start, start + chunk)
-        rows_n = resid[-1, sl].shape[0]
-        step = vocab_chunk or max(256, (1 << 19) // max(1, rows_n))
-        tgt = safe_targets[sl]
-        final_logits = probe.unembed(resid[-1, sl]).float()
-        final_lse = final_logits.logsumexp(-1, keepdim=True)
-        final_p = (final_logits - final_lse).exp_()
-        final_neg_entropy = torch.linalg.vecdot(final_p, final_logits) - final_lse.squeeze(-1)
-        del final_logits
-        # sum_v p_final(v) * logit(v) = h . (p_final @ W) (+ p_final . b): one product per chunk, not per layer
-        final_mix = final_p.to(weight.dtype) @ weight
-        final_mix_bias = final_p @ bias.float() if bias is not None else 0.0
-        rows = {name: [] for name in out}
-        for layer in range(n_layers):
-            h = resid[layer, sl]
-            if translators is not None and layer < n_layers - 1:
-                h = translators(layer, h)
-            h = probe.final_norm(h).to(weight.dtype)
-            tgt_logit = torch.linalg.vecdot(h, weight[tgt]).float()
-            if bias is not None:
-                tgt_logit = tgt_logit + bias[tgt].float()
-            threshold = (tgt_logit + 1e-5 * (1 + tgt_logit.abs()))[:, None]
-            m = torch.full((rows_n,), float("-inf"), device=h.device)
-            s = torch.zeros(rows_n, device=h.device)
-            e_dot_x = torch.zeros(rows_n, device=h.device)
-            pf_dot_x = torch.linalg.vecdot(h, final_mix).float() + final_mix_bias
-            rank = torch.zeros(rows_n, dtype=torch.long, device=h.device)
-            top_v = top_i = None
-            for v0 in range(0, vocab, step):
-                x = (h @ weight[v0 : v0 + step].T).float()
-                if bias is not None:
-                    x = x + bias[v0 : v0 + step].float()
-                cv, ci = topk_by_blocks(x, k)  # its first column is the slice's max
-                ci = ci + v0
-                new_m = torch.maximum(m, cv[:, 0])
-                scale = (m - new_m).exp()
-                e = (x - new_m[:, None]).exp_()
-                s = s * scale + e.sum(-1)
-                e_dot_x = e_dot_x * scale + torch.linalg.vecdot(e, x)
-                m = new_m
-                # count of x > threshold: sign(x - t) + 1 is 2 above, 0 below (a tie at t is improbable: t
-                # carries a tolerance); on CPU this is ~30% faster than summing a boolean mask
-                rank += (x.sub_(threshold).sign_().add_(1).sum(-1) * 0.5).floor_().long()
-                if top_v is None:
-                    top_v, top_i = cv, ci
-                else:
-                    merged_v, pick = torch.cat([top_v, cv], 1).topk(k, dim=-1)
-                    top_v, top_i = merged_v, torch.cat([top_i, ci], 1).gather(1, pick)
-            lse = m + s.log()
-            rows["top_ids"].append(top_i)
-            rows["top_probs"].append((top_v - lse[:, None]).exp())
-            rows["entropy"].append(lse - e_dot_x / s)
-            rows["kl_to_final"].append((final_neg_entropy - pf_dot_x + lse).clamp(min=0))
-            rows["target_rank"].append(rank)
-            rows["target_prob"].append((tgt_logit - lse).exp())
-        for name in out:
-            out[name].append(torch.stack(rows[name]).cpu())
-    stats = LensStats(**{name: torch.cat(v, dim=1) for name, v in out.items()})
+    k = min(top_k, probe.lm.model.get_output_embeddings().weight.shape[0])
+    targets = targets.to(resid.device)
+    parts = [
+        _chunk_statistics(probe, resid[:, s : s + chunk], targets[s : s + chunk], k, translators, vocab_chunk)
+        for s in range(0, n, chunk)
+    ]
+    if not parts:
+        no_positions = torch.zeros(n_layers, 0)
+        ids = torch.zeros(n_layers, 0, k, dtype=torch.long)
+        return LensStats(ids, ids.float(), no_positions, no_positions, no_positions.long(), no_positions)
+    stats = LensStats(
+        **{name: torch.cat([getattr(p, name) for p in parts], 1) for name in LensStats.__dataclass_fields__}
+    )
     missing = (targets < 0).cpu()
     stats.target_rank[:, missing] = -1
     stats.target_prob[:, missing] = float("nan")
     return stats
+
+
+def _chunk_statistics(probe, resid, targets, k, translators, vocab_chunk) -> LensStats:
+    """Lens statistics of every layer for one chunk of positions."""
+    n_layers, n, d_model = resid.shape
+    weight, bias = _unembedding_parameters(probe)
+    targets = targets.clamp(min=0)
+
+    final_logits = probe.unembed(resid[-1]).float()
+    final = _LogitReduction(targets, final_logits.gather(1, targets[:, None])[:, 0], k)
+    step = vocab_chunk or max(64, _SLICE // n)
+    for v0 in range(0, final_logits.shape[1], step):
+        final.add(final_logits[:, v0 : v0 + step])
+    final.add_top_k(final_logits, 0)
+    final = final.finish()
+    final_p = (final_logits - final["lse"][:, None]).exp_()
+    del final_logits
+    # sum_v p_final(v) * logit(v) = h . (p_final @ W) (+ p_final . b): one product, not one per layer
+    final_mix = (final_p.to(weight.dtype) @ weight).float()
+    final_mix_bias = final_p @ bias.float() if bias is not None else 0.0
+    del final_p
+
+    earlier = [translators(layer, resid[layer]) if translators else resid[layer] for layer in range(n_layers - 1)]
+    h = probe.final_norm(torch.cat(earlier)).to(weight.dtype)  # [(layer n), d]: every earlier read-out as a row
+    per_layer = h.view(n_layers - 1, n, d_model).float()
+    target_logit = (per_layer * weight[targets].float()).sum(-1)
+    if bias is not None:
+        target_logit = target_logit + bias[targets].float()
+    target_logit = target_logit.to(weight.dtype).float()  # rounded like the products it is compared with
+    cross = (per_layer * final_mix).sum(-1) + final_mix_bias
+    del per_layer
+    rows = _unembedding_statistics(
+        h, weight, bias, targets.repeat(n_layers - 1), target_logit.flatten(), k, vocab_chunk
+    )
+    rows = {name: value.view(n_layers - 1, n, *value.shape[1:]) for name, value in rows.items()}
+    kl = (rows.pop("lse") - cross - final["entropy"]).clamp(min=0)  # KL(final || layer)
+    del final["lse"]
+    stats = {name: torch.cat([rows[name], final[name][None]]).cpu() for name in final}
+    return LensStats(**stats, kl_to_final=torch.cat([kl, kl.new_zeros(1, n)]).cpu())
+
+
+def _unembedding_parameters(probe) -> tuple[Float[Tensor, "vocab d_model"], Float[Tensor, " vocab"] | None]:
+    """The LM head's weight and bias; a bias of zeros (TransformerLens adds one) counts as none."""
+    head = probe.lm.model.get_output_embeddings()
+    bias = getattr(head, "bias", None)
+    return head.weight, bias if bias is not None and bool(bias.any()) else None
+
+
+def _unembedding_statistics(h, weight, bias, targets, target_logit, k, vocab_chunk) -> dict[str, Tensor]:
+    """Statistics of the logits h @ W.T (+ b) for every row of ``h``, never holding them all."""
+    vocab = weight.shape[0]
+    blocks = []
+    for r0 in range(0, h.shape[0], _ROW_BLOCK):
+        rows = h[r0 : r0 + _ROW_BLOCK]
+        block = slice(r0, r0 + _ROW_BLOCK)
+        reduction = _LogitReduction(targets[block], target_logit[block], k)
+        step = vocab_chunk or max(64, _SLICE // rows.shape[0])
+        wide = torch.empty(rows.shape[0], min(step * _SLICES_PER_TOP_K, vocab), device=h.device)
+        for w0 in range(0, vocab, wide.shape[1]):
+            logits = wide[:, : min(wide.shape[1], vocab - w0)]
+            for v0 in range(0, logits.shape[1], step):
+                x = logits[:, v0 : v0 + step]
+                w = weight[w0 + v0 : w0 + v0 + x.shape[1]]
+                if w.dtype == torch.float32:
+                    torch.mm(rows, w.T, out=x)
+                else:
+                    x.copy_(rows @ w.T)
+                if bias is not None:
+                    x += bias[w0 + v0 : w0 + v0 + x.shape[1]].float()
+                reduction.add(x)
+            reduction.add_top_k(logits, w0)
+        blocks.append(reduction.finish())
+    return {name: torch.cat([b[name] for b in blocks]) for name in blocks[0]}
+
+
+_MAX_SLICE_SUM = 1e17  # ~e^40: a slice whose exponentials sum above this is shifted by its own maximum
+
+
+class _LogitReduction:
+    """Softmax statistics of rows of logits that arrive one vocabulary slice at a time.
+
+    Logits are shifted by the target's logit t, which serves the softmax and the rank at once:
+    y = x - t, e = exp(y). Each slice leaves its shift c (t, or the slice's maximum when a logit
+    lies more than ~40 nats above t), s = sum e and d = sum e y, and the sum of sign(y) (above
+    minus below). ``finish`` merges slices against the largest shift C: lse = C + log S with
+    S = sum s e^(c-C), entropy = log S - sum e^(c-C) (d + (c-C) s) / S. The rank counts logits
+    above the target's, ties as halves (rounded down), the target's own column left out.
+    """
+
+    def __init__(self, targets: Int[Tensor, " r"], target_logit: Float[Tensor, " r"], k: int):
+        self.targets = targets
+        self.target_logit = target_logit
+        self.k = k
+        self.width = 0
+        self.own_sign = torch.zeros_like(target_logit)
+        self.shifts, self.sums, self.dots, self.signs, self.top_values, self.top_ids = [], [], [], [], [], []
+
+    def add(self, x: Float[Tensor, "r w"]) -> None:
+        """Reduces one vocabulary slice of logits (while it is still in cache)."""
+        shifted = x - self.target_logit[:, None]
+        e = shifted.exp()
+        s = e.sum(-1)
+        d = e.mul_(shifted).sum(-1)
+        self.signs.append(shifted.sign_().sum(-1))
+        shift = self.target_logit
+        far = ~(s <= _MAX_SLICE_SUM)  # also catches an overflow to inf
+        if far.any():
+            top = x[far].amax(-1, keepdim=True)
+            y = x[far] - top
+            e = y.exp()
+            s[far], d[far] = e.sum(-1), e.mul_(y).sum(-1)
+            shift = shift.masked_scatter(far, top[:, 0])
+        self.shifts.append(shift)
+        self.sums.append(s)
+        self.dots.append(d)
+        self.width += x.shape[1]
+
+    def add_top_k(self, x: Float[Tensor, "r w"], offset: int) -> None:
+        """Top-k of logits already reduced by ``add``, which start at vocabulary id ``offset``."""
+        values, ids = topk_by_blocks(x, self.k)
+        self.top_values.append(values)
+        self.top_ids.append(ids + offset)
+        column = self.targets - offset
+        inside = (column >= 0) & (column < x.shape[1])
+        own = x.gather(1, column.clamp(0, x.shape[1] - 1)[:, None])[:, 0]
+        self.own_sign += inside * (own - self.target_logit).sign()
+
+    def finish(self) -> dict[str, Tensor]:
+        c, s, d = (torch.stack(v, 1) for v in (self.shifts, self.sums, self.dots))
+        top = c.amax(1, keepdim=True)
+        weight = (c - top).exp()
+        total = (s * weight).sum(1)
+        lse = top[:, 0] + total.log()
+        top_values, pick = torch.cat(self.top_values, 1).topk(self.k, dim=-1)
+        others = torch.stack(self.signs, 1).sum(1) - self.own_sign  # above minus below, target left out
+        return {
+            "lse": lse,
+            "entropy": total.log() - ((d + (c - top) * s) * weight).sum(1) / total,
+            "top_ids": torch.cat(self.top_ids, 1).gather(1, pick),
+            "top_probs": (top_values - lse[:, None]).exp(),
+            "target_rank": ((self.width - 1 + others) / 2).floor().long(),
+            "target_prob": (self.target_logit - lse).exp(),
+        }
 
 
 def topk_by_blocks(x: Float[Tensor, "n v"], k: int, block: int = 64) -> tuple[Float[Tensor, "n k"], Int[Tensor, "n k"]]:
