@@ -6,8 +6,9 @@
    (a) the bare unembedding products it cannot avoid (final norm + W_U for every layer),
    (b) TransformerLens 4.3's ``tools.analysis.logit_lens`` (top-5) on the same cache,
    (c) a version that materialises every layer's logits before reducing them.
-   Peak memory is the growth of the process's resident-set high-water mark during the call
-   (freed memory handed back with malloc_trim, then the mark reset through /proc/self/clear_refs).
+   Peak memory is the most memory held by tensors at once during the call, from the profiler's
+   allocation records (deterministic; the process's resident set depends on malloc's reuse and
+   varied ten-fold between runs).
 
 Usage: python benchmarks/bench_probes.py [--positions 128]
 """
@@ -15,8 +16,7 @@ Usage: python benchmarks/bench_probes.py [--positions 128]
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
+import itertools
 import time
 
 import torch
@@ -26,30 +26,27 @@ from lensing.probes.logit_lens import lens_statistics
 from lensing.tasks import make_splits
 
 
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
+def peak_tensor_mib(fn) -> float:
+    """Most memory (MiB) held at once by tensors allocated during ``fn()``."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    changes = sorted(
+        (e.time_range.start, e.cpu_memory_usage if e.name == "[memory]" else e.self_cpu_memory_usage)
+        for e in prof.events()
+        if e.name == "[memory]" or e.self_cpu_memory_usage
+    )
+    return max(itertools.accumulate(change for _, change in changes), default=0) / 2**20
 
 
 def measure(fn, repeats: int = 3) -> tuple[float, float]:
-    """Best wall time (s) and peak extra resident memory (MiB) of ``fn()``."""
-    fn()  # warm-up
-    best, peak = float("inf"), 0.0
+    """Best wall time (s) of ``fn()`` after a warm-up, and its peak tensor memory (MiB)."""
+    fn()
+    best = float("inf")
     for _ in range(repeats):
-        gc.collect()
-        ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed memory back, so reuse cannot hide a peak
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        base = _rss_kib("VmRSS")
         start = time.perf_counter()
-        result = fn()
+        fn()
         best = min(best, time.perf_counter() - start)
-        peak = max(peak, (_rss_kib("VmHWM") - base) / 1024)
-        del result
-    return best, peak
+    return best, peak_tensor_mib(fn)
 
 
 @torch.no_grad()

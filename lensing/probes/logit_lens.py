@@ -91,22 +91,20 @@ def _chunk_statistics(probe, resid, targets, k, translators, vocab_chunk) -> Len
         final.add(final_logits[:, v0 : v0 + step])
     final.add_top_k(final_logits, 0)
     final = final.finish()
-    final_p = (final_logits - final["lse"][:, None]).exp_()
-    del final_logits
+    final_p = final_logits.sub_(final["lse"][:, None]).exp_()  # in place: the logits are not needed any more
     # sum_v p_final(v) * logit(v) = h . (p_final @ W) (+ p_final . b): one product, not one per layer
     final_mix = (final_p.to(weight.dtype) @ weight).float()
     final_mix_bias = final_p @ bias.float() if bias is not None else 0.0
-    del final_p
+    del final_logits, final_p
 
     earlier = [translators(layer, resid[layer]) if translators else resid[layer] for layer in range(n_layers - 1)]
     h = probe.final_norm(torch.cat(earlier)).to(weight.dtype)  # [(layer n), d]: every earlier read-out as a row
     per_layer = h.view(n_layers - 1, n, d_model).float()
-    target_logit = (per_layer * weight[targets].float()).sum(-1)
+    target_logit = torch.einsum("lnd,nd->ln", per_layer, weight[targets].float())
     if bias is not None:
         target_logit = target_logit + bias[targets].float()
     target_logit = target_logit.to(weight.dtype).float()  # rounded like the products it is compared with
-    cross = (per_layer * final_mix).sum(-1) + final_mix_bias
-    del per_layer
+    cross = torch.einsum("lnd,nd->ln", per_layer, final_mix) + final_mix_bias
     rows = _unembedding_statistics(
         h, weight, bias, targets.repeat(n_layers - 1), target_logit.flatten(), k, vocab_chunk
     )
@@ -127,15 +125,15 @@ def _unembedding_parameters(probe) -> tuple[Float[Tensor, "vocab d_model"], Floa
 def _unembedding_statistics(h, weight, bias, targets, target_logit, k, vocab_chunk) -> dict[str, Tensor]:
     """Statistics of the logits h @ W.T (+ b) for every row of ``h``, never holding them all."""
     vocab = weight.shape[0]
+    step = vocab_chunk or max(64, _SLICE // min(h.shape[0], _ROW_BLOCK))
+    buffer = torch.empty(min(h.shape[0], _ROW_BLOCK), min(step * _SLICES_PER_TOP_K, vocab), device=h.device)
     blocks = []
     for r0 in range(0, h.shape[0], _ROW_BLOCK):
         rows = h[r0 : r0 + _ROW_BLOCK]
         block = slice(r0, r0 + _ROW_BLOCK)
         reduction = _LogitReduction(targets[block], target_logit[block], k)
-        step = vocab_chunk or max(64, _SLICE // rows.shape[0])
-        wide = torch.empty(rows.shape[0], min(step * _SLICES_PER_TOP_K, vocab), device=h.device)
-        for w0 in range(0, vocab, wide.shape[1]):
-            logits = wide[:, : min(wide.shape[1], vocab - w0)]
+        for w0 in range(0, vocab, buffer.shape[1]):
+            logits = buffer[: rows.shape[0], : min(buffer.shape[1], vocab - w0)]
             for v0 in range(0, logits.shape[1], step):
                 x = logits[:, v0 : v0 + step]
                 w = weight[w0 + v0 : w0 + v0 + x.shape[1]]
