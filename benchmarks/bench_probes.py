@@ -38,7 +38,7 @@ def peak_tensor_mib(fn) -> float:
     return max(itertools.accumulate(change for _, change in changes), default=0) / 2**20
 
 
-def measure(fn, repeats: int = 3) -> tuple[float, float]:
+def measure(fn, repeats: int = 5) -> tuple[float, float]:
     """Best wall time (s) of ``fn()`` after a warm-up, and its peak tensor memory (MiB)."""
     fn()
     best = float("inf")

@@ -170,11 +170,12 @@ class Probe:
         return names
 
     # ------------------------------------------------------------------- probes
-    def logit_lens(self, traces, lens: str = "logit", target=None, top_k: int = 5, chunk: int = 256):
+    def logit_lens(self, traces, lens: str = "logit", target=None, top_k: int = 5, chunk: int | None = None):
         """Per layer and position: top-k, entropy, KL to the final layer, target rank and probability.
 
         ``lens`` is ``"logit"`` or ``"tuned"`` (uses :attr:`tuned_lens`). ``target`` defaults to the
         next token of each trace; give a token id or string to follow one token everywhere.
+        ``chunk`` positions are read out at a time (default: as many as keep 8M final-layer logits).
         """
         from lensing.probes.logit_lens import compute_logit_lens
 
@@ -212,7 +213,7 @@ class Probe:
         out = {}
         if "logit_lens" in probes:
             out["logit_lens"] = compute_logit_lens(
-                self, cache, batch, options.get("lens", "logit"), options.get("target"), options.get("top_k", 5), 256
+                self, cache, batch, options.get("lens", "logit"), options.get("target"), options.get("top_k", 5), None
             )
         if "attention" in probes:
             out["attention"] = compute_attention(self, cache, batch)

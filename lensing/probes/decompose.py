@@ -178,8 +178,8 @@ def compute_decomposition(probe, cache, batch, target, foil, positions: str | Se
         foils = torch.full_like(targets, resolve_token(probe.lm, foil))
         direction = direction - W_U[:, foils.to(W_U.device)].T
     readout = direction * gamma / scale  # [n, d]: the linear map from a residual part to the logit (difference)
-    dla = (components * readout).sum(-1)
-    head_dla = (heads * readout).sum(-1)
+    dla = torch.einsum("pnd,nd->pn", components, readout)  # a batched product: no [part, n, d] temporary
+    head_dla = torch.einsum("pnd,nd->pn", heads, readout)
     logit = logits.gather(1, targets[:, None].to(logits.device)).squeeze(1)
     if foils is not None:
         logit = logit - logits.gather(1, foils[:, None].to(logits.device)).squeeze(1)

@@ -34,7 +34,10 @@ class LensStats:
     target_prob: Float[Tensor, "layer n"]
 
 
-_ROW_BLOCK = 1024  # read-outs (layer, position) that share one pass over the unembedding matrix
+_FINAL_LOGITS = 1 << 23  # positions per chunk: as many as keep this many final-layer logits (32 MiB)
+_ROW_BLOCK = (
+    1024  # read-outs (layer, position) that share one pass over the unembedding (more if the vocabulary is small)
+)
 _SLICE = 1 << 19  # logits reduced while they are still in the cores' caches (2 MiB in float32)
 _SLICES_PER_TOP_K = 16  # slices gathered before their top-k is taken: fewer, wider top-k calls
 
@@ -45,7 +48,7 @@ def lens_statistics(
     resid: Float[Tensor, "layer n d_model"],
     targets: Int[Tensor, " n"],
     top_k: int = 5,
-    chunk: int = 256,
+    chunk: int | None = None,
     translators=None,
     vocab_chunk: int | None = None,
 ) -> LensStats:
@@ -59,7 +62,9 @@ def lens_statistics(
     vocabulary: sum_v p_final(v) logit(v) = h . (p_final @ W).
     """
     n_layers, n = resid.shape[:2]
-    k = min(top_k, probe.lm.model.get_output_embeddings().weight.shape[0])
+    vocab = probe.lm.model.get_output_embeddings().weight.shape[0]
+    k = min(top_k, vocab)
+    chunk = chunk or max(1, _FINAL_LOGITS // vocab)
     targets = targets.to(resid.device)
     parts = [
         _chunk_statistics(probe, resid[:, s : s + chunk], targets[s : s + chunk], k, translators, vocab_chunk)
@@ -125,12 +130,13 @@ def _unembedding_parameters(probe) -> tuple[Float[Tensor, "vocab d_model"], Floa
 def _unembedding_statistics(h, weight, bias, targets, target_logit, k, vocab_chunk) -> dict[str, Tensor]:
     """Statistics of the logits h @ W.T (+ b) for every row of ``h``, never holding them all."""
     vocab = weight.shape[0]
-    step = vocab_chunk or max(64, _SLICE // min(h.shape[0], _ROW_BLOCK))
-    buffer = torch.empty(min(h.shape[0], _ROW_BLOCK), min(step * _SLICES_PER_TOP_K, vocab), device=h.device)
+    block_rows = min(h.shape[0], max(_ROW_BLOCK, _SLICE // vocab))
+    step = vocab_chunk or max(64, _SLICE // block_rows)
+    buffer = torch.empty(block_rows, min(step * _SLICES_PER_TOP_K, vocab), device=h.device)
     blocks = []
-    for r0 in range(0, h.shape[0], _ROW_BLOCK):
-        rows = h[r0 : r0 + _ROW_BLOCK]
-        block = slice(r0, r0 + _ROW_BLOCK)
+    for r0 in range(0, h.shape[0], block_rows):
+        rows = h[r0 : r0 + block_rows]
+        block = slice(r0, r0 + block_rows)
         reduction = _LogitReduction(targets[block], target_logit[block], k)
         for w0 in range(0, vocab, buffer.shape[1]):
             logits = buffer[: rows.shape[0], : min(buffer.shape[1], vocab - w0)]
