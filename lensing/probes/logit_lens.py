@@ -35,9 +35,7 @@ class LensStats:
 
 
 _FINAL_LOGITS = 1 << 23  # positions per chunk: as many as keep this many final-layer logits (32 MiB)
-_ROW_BLOCK = (
-    1024  # read-outs (layer, position) that share one pass over the unembedding (more if the vocabulary is small)
-)
+_ROW_BLOCK = 1024  # read-outs (layer, position) per pass over the unembedding; more for small vocabularies
 _SLICE = 1 << 19  # logits reduced while they are still in the cores' caches (2 MiB in float32)
 _SLICES_PER_TOP_K = 16  # slices gathered before their top-k is taken: fewer, wider top-k calls
 
@@ -53,13 +51,13 @@ def lens_statistics(
     vocab_chunk: int | None = None,
 ) -> LensStats:
     """Reads every residual through the final norm and unembedding (after a tuned-lens translator
-    when given) and reduces the logits to statistics without holding more than one layer's logits.
+    when given) and reduces the logits to statistics, holding at most ``chunk`` positions of
+    final-layer logits and one block of 1024 rows x 8192 logits (32 MiB each in float32).
 
-    The last layer's logits are held for ``chunk`` positions at a time: they are every KL's
-    reference. All earlier read-outs are stacked as rows and multiplied by the unembedding in
-    blocks of rows x vocabulary slices small enough to stay in cache; the statistics are reduced
-    slice by slice (see ``_LogitReduction``). The KL's cross term needs no pass over the
-    vocabulary: sum_v p_final(v) logit(v) = h . (p_final @ W).
+    The last layer's logits are every KL's reference. All earlier read-outs are stacked as rows
+    and multiplied by the unembedding in blocks of rows x vocabulary slices small enough to stay
+    in cache; the statistics are reduced slice by slice (see ``_LogitReduction``). The KL's cross
+    term needs no pass over the vocabulary: sum_v p_final(v) logit(v) = h . (p_final @ W).
     """
     n_layers, n = resid.shape[:2]
     vocab = probe.lm.model.get_output_embeddings().weight.shape[0]
