@@ -38,15 +38,15 @@ def peak_tensor_mib(fn) -> float:
     return max(itertools.accumulate(change for _, change in changes), default=0) / 2**20
 
 
-def measure(fn, repeats: int = 5) -> tuple[float, float]:
-    """Best wall time (s) of ``fn()`` after a warm-up, and its peak tensor memory (MiB)."""
+def best_time(fn, repeats: int = 5) -> float:
+    """Best wall time (s) of ``fn()`` after a warm-up."""
     fn()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         best = min(best, time.perf_counter() - start)
-    return best, peak_tensor_mib(fn)
+    return best
 
 
 @torch.no_grad()
@@ -58,10 +58,10 @@ def bench_bundled(n_traces: int = 64) -> None:
     from lensing.probes import Batch
 
     batch = Batch.from_traces(traces)
-    plain, _ = measure(
+    plain = best_time(
         lambda: lm.model(inputs_embeds=batch.embeds, attention_mask=batch.mask, position_ids=batch.positions).logits
     )
-    everything, _ = measure(lambda: probe.run(traces))
+    everything = best_time(lambda: probe.run(traces))
     n_latents = sum(t.n_latents for t in traces)
     print(
         f"bundled model, {len(traces)} traces ({sum(map(len, traces))} positions, {n_latents} latents): "
@@ -130,7 +130,7 @@ def bench_large_vocab(positions: int) -> None:
         return top, entropy, kl, rank
 
     results = {
-        name: measure(fn)
+        name: (best_time(fn), peak_tensor_mib(fn))
         for name, fn in (
             ("bare", bare),
             ("ours", ours),

@@ -1,6 +1,7 @@
 """Probe invariants on a tiny random Llama (norm weights randomised so that gamma mistakes show)."""
 
 import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -199,7 +200,7 @@ class _HeadOnly:
     def __init__(self, weight):
         head = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
         head.weight.data = weight
-        self.lm = type("LM", (), {"model": type("Model", (), {"get_output_embeddings": lambda _: head})()})()
+        self.lm = SimpleNamespace(model=SimpleNamespace(get_output_embeddings=lambda: head))
         self.final_norm = torch.nn.Identity()
         self.unembed = head
 

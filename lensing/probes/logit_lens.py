@@ -60,12 +60,14 @@ def lens_statistics(
     term needs no pass over the vocabulary: sum_v p_final(v) logit(v) = h . (p_final @ W).
     """
     n_layers, n = resid.shape[:2]
-    vocab = probe.lm.model.get_output_embeddings().weight.shape[0]
-    k = min(top_k, vocab)
-    chunk = chunk or max(1, _FINAL_LOGITS // vocab)
+    weight, bias = _unembedding_parameters(probe)
+    k = min(top_k, weight.shape[0])
+    chunk = chunk or max(1, _FINAL_LOGITS // weight.shape[0])
     targets = targets.to(resid.device)
     parts = [
-        _chunk_statistics(probe, resid[:, s : s + chunk], targets[s : s + chunk], k, translators, vocab_chunk)
+        _chunk_statistics(
+            probe, weight, bias, resid[:, s : s + chunk], targets[s : s + chunk], k, translators, vocab_chunk
+        )
         for s in range(0, n, chunk)
     ]
     if not parts:
@@ -81,10 +83,9 @@ def lens_statistics(
     return stats
 
 
-def _chunk_statistics(probe, resid, targets, k, translators, vocab_chunk) -> LensStats:
+def _chunk_statistics(probe, weight, bias, resid, targets, k, translators, vocab_chunk) -> LensStats:
     """Lens statistics of every layer for one chunk of positions."""
     n_layers, n, d_model = resid.shape
-    weight, bias = _unembedding_parameters(probe)
     targets = targets.clamp(min=0)
 
     final_logits = probe.unembed(resid[-1]).float()
@@ -185,8 +186,9 @@ class _LogitReduction:
         shift = self.target_logit
         far = ~(s <= _MAX_SLICE_SUM)  # also catches an overflow to inf
         if far.any():
-            top = x[far].amax(-1, keepdim=True)
-            y = x[far] - top
+            rows = x[far]
+            top = rows.amax(-1, keepdim=True)
+            y = rows - top
             e = y.exp()
             s[far], d[far] = e.sum(-1), e.mul_(y).sum(-1)
             shift = shift.masked_scatter(far, top[:, 0])

@@ -29,7 +29,7 @@ from lensing.metrics import (
 )
 from lensing.model import LatentLM, Trace
 from lensing.tasks import Problem
-from lensing.viz.style import apply_style, model_color
+from lensing.viz.style import apply_style, model_curve
 
 
 def latent_anchors(trace: Trace) -> list[int]:
@@ -170,19 +170,7 @@ class CollapseReport:
         sub = self.table[(self.table.layer == layer) & (self.table["where"] == where)]
         for m, metric in enumerate(metrics):
             for model, part in sub.groupby("model", sort=False):
-                fig.add_trace(
-                    go.Scatter(
-                        x=part.step,
-                        y=part[metric],
-                        mode="lines+markers",
-                        name=model,
-                        legendgroup=model,
-                        showlegend=m == 0,
-                        line={"color": model_color(model)},
-                    ),
-                    m // 2 + 1,
-                    m % 2 + 1,
-                )
+                fig.add_trace(model_curve(part.step, part[metric], model, m == 0), m // 2 + 1, m % 2 + 1)
         fig.update_xaxes(title=f"{where} step")
         return apply_style(fig, 880, 560, f"collapse metrics at layer '{layer}' ({where} positions)")
 

@@ -23,7 +23,7 @@ import torch
 from plotly.subplots import make_subplots
 from tqdm.auto import tqdm
 
-from lensing.viz.style import VARIANT_COLORS, apply_style, model_color
+from lensing.viz.style import VARIANT_COLORS, apply_style, model_curve
 
 STATIC_FORMATS = ("png", "svg", "pdf")
 VARIANTS = ("cot", "hidden", "lt")
@@ -86,15 +86,7 @@ def latents_figure(evals: dict) -> Figure:
     fig = go.Figure()
     for variant in ("hidden", "lt"):
         part = df[df.variant == variant]
-        fig.add_trace(
-            go.Scatter(
-                x=part.steps.astype(int),
-                y=part.mean_latents,
-                mode="lines+markers",
-                name=f"arith-tiny:{variant}",
-                line={"color": VARIANT_COLORS[variant]},
-            )
-        )
+        fig.add_trace(model_curve(part.steps.astype(int), part.mean_latents, f"arith-tiny:{variant}", True))
     fig.update_layout(xaxis_title="reasoning steps (difficulty)", yaxis_title="mean <thinking> tokens per problem")
     lt = df[df.variant == "lt"].set_index("steps").mean_latents
     grows = bool(np.all(np.diff(lt.values) >= -1e-9))
@@ -204,18 +196,7 @@ def pca_collapse_figure(chains: dict, report) -> Figure:
     cos = report.compare("mean_cosine")
     for r, table in enumerate((eff, cos)):
         for model in table.columns:
-            fig.add_trace(
-                go.Scatter(
-                    x=table.index,
-                    y=table[model],
-                    mode="lines+markers",
-                    name=model,
-                    line={"color": model_color(model)},
-                    showlegend=r == 0,
-                ),
-                r + 1,
-                len(steps) + 1,
-            )
+            fig.add_trace(model_curve(table.index, table[model], model, r == 0), r + 1, len(steps) + 1)
     fig.update_xaxes(title="latent step", row=2, col=len(steps) + 1)
     fig.update_xaxes(title="PC1", row=2, col=1)
     fig.update_yaxes(title="PC2", col=1)
@@ -243,18 +224,7 @@ def mismatch_figure(report) -> Figure:
     )
     for c, metric in enumerate(("frechet_to_tokens", "norm_ratio", "nearest_token_cosine")):
         for model, part in df.groupby("model", sort=False):
-            fig.add_trace(
-                go.Scatter(
-                    x=part.step,
-                    y=part[metric],
-                    mode="lines+markers",
-                    name=model,
-                    line={"color": model_color(model)},
-                    showlegend=c == 0,
-                ),
-                1,
-                c + 1,
-            )
+            fig.add_trace(model_curve(part.step, part[metric], model, c == 0), 1, c + 1)
     fig.update_xaxes(title="latent step")
     f = df.groupby("model", sort=False).frechet_to_tokens.mean()
     caption = (

@@ -50,6 +50,19 @@ def model_color(name: str) -> str:
     return VARIANT_COLORS.get(variant, OKABE_ITO["black"])
 
 
+def model_curve(x, y, model: str, show_legend: bool) -> go.Scatter:
+    """One model's line in a multi-model comparison, in its variant colour, grouped in the legend."""
+    return go.Scatter(
+        x=x,
+        y=y,
+        mode="lines+markers",
+        name=model,
+        legendgroup=model,
+        showlegend=show_legend,
+        line={"color": model_color(model)},
+    )
+
+
 def apply_style(
     fig: go.Figure, width: int | None = None, height: int | None = None, title: str | None = None
 ) -> go.Figure:
