@@ -7,6 +7,7 @@ generation is greedy with the KV cache, building a latent whenever the argmax is
 
 from __future__ import annotations
 
+import inspect
 import json
 import shutil
 import tempfile
@@ -72,6 +73,7 @@ class LatentLM(nn.Module):
         super().__init__()
         self.add_bos = add_bos
         self.model = model
+        self._cache_keyword = cache_keyword(model)
         self.tokenizer = tokenizer
         self.config = config or LatentConfig()
         self.answer_marker = answer_marker
@@ -137,9 +139,9 @@ class LatentLM(nn.Module):
             inputs_embeds=embeds,
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=cache,
             use_cache=True,
             output_hidden_states=True,
+            **{self._cache_keyword: cache},
         )
         return out.logits, out.hidden_states[self.config.layer]
 
@@ -458,6 +460,14 @@ class LatentLM(nn.Module):
                 raise CheckpointError(f"adapter weights in {directory} are missing or do not fit: {err}") from err
         lm.meta = meta
         return lm.to(device).eval()
+
+
+def cache_keyword(model: PreTrainedModel) -> str:
+    """The forward keyword that takes the KV cache: ``cache`` from transformers 5.24 on, ``past_key_values`` before.
+
+    Passing the old name to 5.24 still works but warns (it is removed in 5.40), so ask the signature.
+    """
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def read_checkpoint_meta(directory: Path) -> dict:

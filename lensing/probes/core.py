@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float, Int
-from torch import Tensor
+from torch import Tensor, nn
 
 from lensing.model import LatentLM, Trace
 
@@ -69,11 +70,24 @@ class Batch:
         return torch.cat([torch.cat([t.token_ids[1:], torch.tensor([-1])]) for t in self.traces])
 
 
+def shadow_copy(model: nn.Module) -> nn.Module:
+    """A structural copy of ``model`` that shares every parameter and buffer with it.
+
+    Booting a TransformerLens bridge rewrites the model it is given (bridge wrappers replace its
+    submodules, eager attention, renamed ``state_dict`` keys), so probes boot it on this copy:
+    the original keeps its modules, hooks, attention implementation, generation and
+    ``save_pretrained``, while both read the same storage (an in-place weight edit is seen by both).
+    """
+    memo = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    return copy.deepcopy(model, memo)
+
+
 class Probe:
     """Hook-based probes on a :class:`LatentLM`, through a TransformerLens ``TransformerBridge``.
 
-    The bridge wraps the same parameter objects (no copy). Booting switches the model to eager
-    attention and renames its ``state_dict`` keys, so save checkpoints before attaching.
+    The bridge is booted on a shadow copy of the model that shares its weights (see
+    :func:`shadow_copy`), so attaching never alters ``lm``; every hook a probe adds lives on the
+    shadow and is removed when the call returns, also on error.
     """
 
     def __init__(self, lm: LatentLM) -> None:
@@ -83,7 +97,7 @@ class Probe:
         self.lm = lm
         self.bridge = TransformerBridge.boot_transformers(
             getattr(lm.model.config, "_name_or_path", "") or "lensing-model",
-            hf_model=lm.model,
+            hf_model=shadow_copy(lm.model),
             tokenizer=lm.tokenizer,
             device=str(lm.device),
             dtype=lm.model.dtype,
@@ -241,7 +255,7 @@ class Probe:
 
 
 def attach(lm: LatentLM) -> Probe:
-    """Attaches probes to ``lm`` (same weights, no copy).
+    """Attaches probes to ``lm``: a bridge on a weight-sharing shadow copy; ``lm`` itself is left untouched.
 
     >>> import lensing
     >>> probe = lensing.attach(lensing.load("arith-tiny"))
