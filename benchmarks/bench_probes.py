@@ -1,6 +1,8 @@
 """Probe costs, measured in one run.
 
-1. Bundled model: one probe pass with every probe over a plain forward of the same batch.
+1. Bundled model: the model's plain forward after ``lensing.attach`` over before it (attaching
+   must not touch the model: target 1.00x within noise), and one probe pass with every probe over
+   a plain forward of the same batch.
 2. A SmolLM2-shaped Llama with random weights (30 layers, d=576, vocabulary 49,152): the logit
    lens over all layers and positions against
    (a) the bare unembedding products it cannot avoid (final norm + W_U for every layer),
@@ -54,12 +56,20 @@ def bench_bundled(n_traces: int = 64) -> None:
     lm = lensing.load("arith-tiny")
     problems = make_splits(0, 0, n_traces // 6 + 1, seed=3).test[:n_traces]
     traces = lm.generate([p.prompt for p in problems], max_new_tokens=96)
-    probe = lensing.attach(lm)
     from lensing.probes import Batch
 
     batch = Batch.from_traces(traces)
-    plain = best_time(
-        lambda: lm.model(inputs_embeds=batch.embeds, attention_mask=batch.mask, position_ids=batch.positions).logits
+
+    def forward():
+        return lm.model(inputs_embeds=batch.embeds, attention_mask=batch.mask, position_ids=batch.positions).logits
+
+    before = best_time(forward, repeats=20)
+    probe = lensing.attach(lm)
+    probe.run(traces)
+    plain = best_time(forward, repeats=20)
+    print(
+        f"plain forward of the model after attach / before: {plain / before:.2f}x "
+        f"({plain * 1e3:.1f} vs {before * 1e3:.1f} ms, best of 20; target 1.00x)"
     )
     everything = best_time(lambda: probe.run(traces))
     n_latents = sum(t.n_latents for t in traces)
