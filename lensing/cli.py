@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
@@ -91,8 +92,6 @@ def _test_problems(n: int, steps: int | None = None, seed: int = 0):
 
 def _write_table(table, out: str | None, stem: str) -> None:
     if out:
-        from pathlib import Path
-
         Path(out).mkdir(parents=True, exist_ok=True)
         table.to_csv(Path(out) / f"{stem}.csv", index=False)
         table.to_json(Path(out) / f"{stem}.json", orient="records", indent=1)
@@ -178,11 +177,21 @@ def _cmd_trails(args: argparse.Namespace) -> None:
 
 def _cmd_figures(args: argparse.Namespace) -> None:
     from lensing.viz.paper import build_figures, write_figures
+    from lensing.viz.results import readme_blocks, splice_blocks
 
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
-    figures = build_figures(args.model, log=lambda m: print(m, file=sys.stderr))
-    out = write_figures(figures, args.out, formats)
-    print(f"wrote {len(figures)} figures x {len(formats)} formats (+ CSV) and an index to {out}/README.md")
+    readme = Path(args.readme) if args.readme else None
+    if readme is not None:  # fail before the long run, not after it
+        splice_blocks(readme.read_text(), dict.fromkeys(("accuracy", "training", "collapse", "trails"), ""))
+    run = build_figures(args.model, log=lambda m: print(m, file=sys.stderr))
+    out = write_figures(run.figures, args.out, formats, run.facts)
+    print(f"wrote {len(run.figures)} figures x {len(formats)} formats (+ CSV), results.json and an index to {out}")
+    if readme is not None:
+        text = splice_blocks(readme.read_text(), readme_blocks(run.facts))
+        tmp = readme.with_name(f".{readme.name}.tmp")
+        tmp.write_text(text)
+        tmp.replace(readme)
+        print(f"updated the generated result blocks in {readme}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -236,6 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default="arith-tiny")
     p.add_argument("--out", default="figures")
     p.add_argument("--formats", default="png,svg,pdf,html")
+    p.add_argument("--readme", help="README whose generated result blocks are rewritten from this run's numbers")
     p.set_defaults(func=_cmd_figures)
 
     args = parser.parse_args(argv)

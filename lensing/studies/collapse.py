@@ -99,7 +99,10 @@ class CollapseAccumulator:
         return merged
 
     def table(self, embeddings: Float[Tensor, "vocab d_model"], probe_folds: int = 5) -> pd.DataFrame:
-        """Every metric per (step, layer). Distribution distances compare with the token-embedding cloud."""
+        """Every metric per (step, layer). Distribution distances compare with the token-embedding cloud.
+
+        ``probe_folds=0`` skips the linear probes (the slowest part: one logistic regression per fold).
+        """
         emb = embeddings.detach().double()
         token_stats = MomentStats.empty(emb.shape[1]).update(emb)
         emb_sample = emb[torch.randperm(emb.shape[0], generator=torch.Generator().manual_seed(self.seed))[:2048]]
@@ -137,7 +140,7 @@ class CollapseAccumulator:
             labels = [lab for _, lab in self.reservoir[(step, layer)]]
             for name, index in (("probe_first_result", 0), ("probe_answer", -1)):
                 y = torch.tensor([lab[index] % 10 for lab in labels])
-                if len(y) >= 2 * probe_folds and len(set(y.tolist())) > 1:
+                if probe_folds and len(y) >= 2 * probe_folds and len(set(y.tolist())) > 1:
                     result = probe_accuracy(sample.float(), y, folds=probe_folds, seed=self.seed)
                     row[name], row[name + "_baseline"] = result.accuracy, result.baseline
             rows.append(row)
@@ -213,13 +216,17 @@ def collect(
 
 
 def collapse_study(
-    models: dict[str, LatentLM], problems: list[Problem], where: str = "latent", force_latents: int = 6
+    models: dict[str, LatentLM],
+    problems: list[Problem],
+    where: str = "latent",
+    force_latents: int = 6,
+    probe_folds: int = 5,
 ) -> CollapseReport:
-    """The collapse table for several models on the same problems."""
+    """The collapse table for several models on the same problems (``probe_folds=0``: no linear probes)."""
     frames = []
     for name, lm in models.items():
         acc = collect(lm, problems, where, force_latents)
-        table = acc.table(lm.model.get_input_embeddings().weight)
+        table = acc.table(lm.model.get_input_embeddings().weight, probe_folds)
         table.insert(0, "where", where)
         table.insert(0, "model", name)
         frames.append(table)

@@ -7,6 +7,7 @@ number in ``figures/README.md``.
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import tempfile
@@ -23,9 +24,11 @@ import torch
 from plotly.subplots import make_subplots
 from tqdm.auto import tqdm
 
+from lensing.viz.results import collect_facts
 from lensing.viz.style import VARIANT_COLORS, apply_style, model_curve
 
 STATIC_FORMATS = ("png", "svg", "pdf")
+FORCED_LATENTS = 6
 VARIANTS = ("cot", "hidden", "lt")
 
 
@@ -319,8 +322,19 @@ def trails_ratio_figure(report) -> Figure:
 
 
 # ------------------------------------------------------------------ pipeline
-def build_figures(model: str = "arith-tiny", n_eval: int = 50, n_analysis: int = 120, log=print) -> list[Figure]:
-    """Runs every analysis on the bundled variants and returns the figures."""
+@dataclass
+class FigureRun:
+    """Every figure of one run, and the headline facts (see :mod:`lensing.viz.results`) behind them."""
+
+    figures: list[Figure]
+    facts: dict
+
+
+def build_figures(
+    model: str = "arith-tiny", n_eval: int = 50, n_analysis: int = 120, n_trails: int = 160, log=print
+) -> FigureRun:
+    """Runs every analysis on the bundled variants: ``n_eval`` test problems per difficulty for the
+    accuracy, ``n_analysis`` for the probes and the collapse study, ``n_trails`` three-step problems."""
     import lensing
     from lensing.studies import collapse_study, trails_study
     from lensing.tasks import make_splits
@@ -351,11 +365,13 @@ def build_figures(model: str = "arith-tiny", n_eval: int = 50, n_analysis: int =
     def run_collapse():
         problems = make_splits(0, 0, -(-n_analysis // 6), seed=0).test[:n_analysis]
         models = {f"{base}:hidden": lensing.load(f"{base}:hidden"), f"{base}:lt": lensing.load(f"{base}:lt")}
-        report = collapse_study(models, problems, where="latent", force_latents=6)
+        report = collapse_study(models, problems, where="latent", force_latents=FORCED_LATENTS, probe_folds=0)
         chains = {}
         for name, lm in models.items():
-            traces = lm.generate([p.prompt for p in problems[:20]], force_latents=6)
-            chains[name.split(":")[-1]] = torch.stack([t.input_embeds[t.latent_positions[:6]] for t in traces])
+            traces = lm.generate([p.prompt for p in problems[:20]], force_latents=FORCED_LATENTS)
+            chains[name.split(":")[-1]] = torch.stack(
+                [t.input_embeds[t.latent_positions[:FORCED_LATENTS]] for t in traces]
+            )
         out.append(pca_collapse_figure(chains, report))
         out.append(mismatch_figure(report))
         state["collapse"] = report
@@ -371,10 +387,11 @@ def build_figures(model: str = "arith-tiny", n_eval: int = 50, n_analysis: int =
         out.append(decomposition_figure(parts))
 
     def run_trails():
-        problems = make_splits(0, 0, 160, seed=0, difficulties=(3,)).test
+        problems = make_splits(0, 0, n_trails, seed=0, difficulties=(3,)).test
         report = trails_study(lensing.load(f"{base}:lt"), problems)
         out.append(trails_pca_figure(report))
         out.append(trails_ratio_figure(report))
+        state["trails"] = report
 
     steps = [
         ("load models", load_models),
@@ -388,11 +405,23 @@ def build_figures(model: str = "arith-tiny", n_eval: int = 50, n_analysis: int =
         t0 = time.time()
         fn()
         log(f"{desc}: {time.time() - t0:.0f}s")
-    return out
+    settings = {"n_eval": n_eval, "n_collapse": n_analysis, "n_trails": n_trails, "forced_latents": FORCED_LATENTS}
+    facts = collect_facts(
+        state["evals"],
+        state["collapse"].table,
+        state["trails"].table,
+        len(state["trails"].chain_trails),
+        settings,
+        {v: lm.meta for v, lm in state["lms"].items()},
+    )
+    return FigureRun(out, facts)
 
 
-def write_figures(figures: list[Figure], out: str | Path, formats: tuple[str, ...]) -> Path:
-    """Writes every figure in every format plus CSV and README.md into ``out``; all or nothing."""
+def write_figures(
+    figures: list[Figure], out: str | Path, formats: tuple[str, ...], facts: dict | None = None
+) -> Path:
+    """Writes every figure in every format plus CSV, README.md and (given ``facts``) results.json
+    into ``out``; all or nothing."""
     unknown = set(formats) - {*STATIC_FORMATS, "html"}
     if unknown:
         raise ValueError(f"unknown formats {sorted(unknown)}; choose from png, svg, pdf, html")
@@ -438,6 +467,8 @@ def write_figures(figures: list[Figure], out: str | Path, formats: tuple[str, ..
             "",
         ]
         (tmp / "README.md").write_text("\n".join(lines))
+        if facts is not None:
+            (tmp / "results.json").write_text(json.dumps(facts, indent=1, ensure_ascii=False) + "\n")
         if out.exists():
             for child in out.iterdir():
                 if child.is_file():
