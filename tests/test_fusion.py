@@ -53,3 +53,12 @@ def test_config_validation_names_the_field():
     with pytest.raises(ValueError, match="insert_probs"):
         LatentConfig(max_latents_per_position=3)
     assert LatentConfig.from_dict(LatentConfig(alpha=0.3).to_dict()) == LatentConfig(alpha=0.3)
+
+
+@pytest.mark.parametrize("rule", ["reference", "nucleus"])
+def test_top_p_one_keeps_every_token_of_a_large_vocabulary(rule):
+    """The float32 cumulative sum over 50k tokens drifts past the 1e-6 tolerance: p = 1 dropped ~2k tail tokens."""
+    probs = torch.softmax(3 * torch.randn(4, 50_000, generator=torch.Generator().manual_seed(0)), dim=-1)
+    kept = top_p_filter(probs, 1.0, rule)
+    assert (kept > 0).sum().item() == (probs > 0).sum().item() == 4 * 50_000
+    torch.testing.assert_close(kept, probs)

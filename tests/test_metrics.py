@@ -3,6 +3,7 @@
 import doctest
 import functools
 import math
+import re
 
 import pytest
 import scipy.linalg
@@ -177,6 +178,90 @@ def test_cka_feature_and_sample_space_paths_agree():
     x, y = cloud(9, 8, 3), cloud(10, 8, 4)
     wide = torch.cat([y, torch.zeros(8, 20, dtype=torch.float64)], dim=1)  # n < width takes the n x n path
     close(linear_cka(x, wide), linear_cka(x, y), 1e-10)
+
+
+def test_zero_rows_have_no_direction_and_are_left_out():
+    x = torch.tensor([[1.0, 0.0], [0.0, 0.0], [2.0, 0.0], [0.0, 3.0]])  # nonzero pairs: cos 1, 0, 0
+    close(mean_pairwise_cosine(x), 1 / 3, 1e-12)  # was 1/12: the zero row counted in n
+    merged = MomentStats.empty(2).update(x[:2]).merge(MomentStats.empty(2).update(x[2:]))
+    assert merged.unit_count == 3
+    close(merged.mean_pairwise_cosine(), 1 / 3, 1e-12)
+    latents = torch.tensor([[[1.0, 0.0], [1.0, 1.0]], [[0.0, 0.0], [0.0, 1.0]], [[2.0, 0.0], [0.0, 0.0]]])
+    cos = step_cosines(latents)  # step 0: (1,0), (2,0); step 1: (1,1), (0,1); only chain 0 is nonzero at both
+    torch.testing.assert_close(cos.cross_sample, torch.tensor([1.0, 0.5**0.5], dtype=torch.float64))
+    torch.testing.assert_close(cos.consecutive, torch.tensor([0.5**0.5], dtype=torch.float64))
+    with pytest.raises(ValueError, match="needs at least 2 nonzero rows; x has 1"):
+        mean_pairwise_cosine(torch.tensor([[1.0, 0.0], [0.0, 0.0]]))
+    with pytest.raises(ValueError, match="needs at least 2 nonzero rows; MomentStats has seen 1"):
+        MomentStats.empty(2).update(torch.tensor([[0.0, 0.0], [0.0, 5.0]])).mean_pairwise_cosine()
+    with pytest.raises(ValueError, match="nonzero latents at both steps"):
+        step_cosines(torch.tensor([[[1.0, 0], [0, 0]], [[2.0, 1], [0, 0]], [[0.0, 0], [1, 0]], [[0.0, 0], [0, 1]]]))
+
+
+def _bad() -> torch.Tensor:
+    x = cloud(11, 6, 3)
+    x[0, 0], x[2, 1], x[5, 2] = float("nan"), float("inf"), -float("inf")
+    return x
+
+
+GOOD = cloud(12, 6, 3)
+NON_FINITE = {
+    "effective_rank": (effective_rank, "x"),
+    "rankme": (rankme, "x"),
+    "participation_ratio": (participation_ratio, "x"),
+    "stable_rank": (stable_rank, "x"),
+    "mean_pairwise_cosine": (mean_pairwise_cosine, "x"),
+    "step_cosines": (lambda bad: step_cosines(torch.stack([GOOD, bad], dim=1)), "latents"),
+    "latent_distance": (latent_distance, "x"),
+    "vocab_distance": (lambda bad: vocab_distance(GOOD, bad), "embeddings"),
+    "norm_ratio": (lambda bad: norm_ratio(bad, GOOD), "x"),
+    "nearest_token_cosine": (lambda bad: nearest_token_cosine(GOOD, bad), "embeddings"),
+    "frechet_distance": (lambda bad: frechet_distance(GOOD, bad), "y"),
+    "mmd_rbf": (lambda bad: mmd_rbf(bad, GOOD, bandwidth=1.0), "x"),
+    "linear_cka": (lambda bad: linear_cka(GOOD, bad), "y"),
+    "MomentStats.update": (lambda bad: MomentStats.empty(3).update(bad), "x"),
+}
+
+
+@pytest.mark.parametrize("metric", NON_FINITE)
+def test_non_finite_inputs_raise_naming_the_input(metric):
+    """An inf gave effective rank 0.0 silently and a NaN a LinAlgError; now every metric says which input is bad."""
+    fn, name = NON_FINITE[metric]
+    with pytest.raises(ValueError, match=rf"^{name} contains 3 non-finite values \(NaN or inf\)$"):
+        fn(_bad())
+
+
+def test_too_few_rows_and_constant_inputs():
+    x, one = cloud(13, 5, 3), cloud(14, 1, 3)
+    # defined: one point spans no direction once centred; uncentred it spans one
+    assert effective_rank(one) == 0 and participation_ratio(one) == 0
+    close(effective_rank(one, center=False), 1, 1e-12)
+    # defined: constant clouds have zero covariance, so only the means differ (|(1, 1) - (0, 0)|^2 = 2)
+    close(frechet_distance(torch.ones(4, 2), torch.zeros(3, 2)), 2, 1e-12)
+    ones, zeros = MomentStats.empty(2).update(torch.ones(4, 2)), MomentStats.empty(2).update(torch.zeros(3, 2))
+    close(ones.frechet_distance(zeros), 2, 1e-12)
+    # defined: within-sample kernels are all 1, across exp(-1/2)
+    close(mmd_rbf(torch.zeros(3, 1), torch.ones(2, 1), bandwidth=1.0), 2 - 2 * math.exp(-0.5), 1e-12)
+    cases = [
+        (lambda: frechet_distance(one, x), "a covariance needs at least 2 rows; x has 1"),
+        (lambda: frechet_distance(x, one), "a covariance needs at least 2 rows; y has 1"),
+        (lambda: mmd_rbf(one, x, bandwidth=1.0), "needs at least 2 rows; x has 1"),
+        (lambda: mmd_rbf(x, one, bandwidth=1.0), "needs at least 2 rows; y has 1"),
+        (lambda: mmd_rbf(x, x, bandwidth=0.0), "bandwidth must be positive"),
+        (lambda: latent_distance(one), "pairs needs at least 2 rows; x has 1"),
+        (lambda: mean_pairwise_cosine(one), "needs at least 2 nonzero rows; x has 1"),
+        (lambda: effective_rank(x[:0]), "needs at least 1 rows; x has 0"),
+        (lambda: linear_cka(one, one), "x is constant"),
+        (lambda: linear_cka(x, torch.ones(5, 2)), "y is constant"),
+        (lambda: linear_cka(x, x[:4]), "same samples"),
+        (lambda: norm_ratio(x, torch.zeros(3, 3)), "embeddings are all zero"),
+        (lambda: MomentStats.empty(3).update(one).frechet_distance(MomentStats.empty(3).update(x)), "seen 1"),
+        (lambda: MomentStats.empty(3).effective_rank(), "MomentStats has seen 0"),
+        (lambda: MomentStats.empty(3).mean_norm(), "MomentStats has seen 0"),
+    ]
+    for fn, message in cases:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            fn()
 
 
 def test_probe_decodes_linearly_separable_labels():

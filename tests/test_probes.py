@@ -237,3 +237,38 @@ def test_topk_by_blocks_is_exact():
         ref = x.topk(min(5, width), dim=-1)
         torch.testing.assert_close(values, ref.values)
         torch.testing.assert_close(x.gather(1, index), ref.values)
+
+
+@pytest.mark.parametrize("vocab_chunk", [None, 2, 1])
+def test_target_rank_counts_exact_ties_the_same_at_every_layer(vocab_chunk):
+    """Logits [a, 2a, a, a, -a] for any a != 0: one token above the target, two exact ties -> rank 1 + 2/2 = 2.
+
+    The rows are not exactly representable products, so a target logit computed apart from the
+    vocabulary products (it was an einsum) differs in the last bits and miscounted the ties.
+    """
+    from lensing.probes.logit_lens import lens_statistics
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(64, generator=g)
+    probe = _HeadOnly(torch.stack([w, 2 * w, w, w, -w]))  # rows 0, 2 and 3 are identical, like <thinking> and EOS
+    resid = torch.randn(4, 20, 64, generator=g)  # three earlier layers and the last
+    for target in (0, 2, 3):
+        stats = lens_statistics(probe, resid, torch.full((20,), target), vocab_chunk=vocab_chunk)
+        assert (stats.target_rank == 2).all(), stats.target_rank
+
+
+def test_kl_to_final_is_exact_in_chunks_of_one_or_two_positions():
+    """A 50k vocabulary whose rows share an offset: one float32 sum over the vocabulary (the
+    matrix-vector product BLAS uses for one or two positions) was ~4e-5 off the KL here, 3e-3 on SmolLM2."""
+    from lensing.probes.logit_lens import lens_statistics
+
+    g = torch.Generator().manual_seed(0)
+    probe = _HeadOnly(1 + 0.5 * torch.randn(50_000, 8, generator=g))
+    resid = torch.randn(3, 7, 8, generator=g)
+    targets = torch.randint(0, 50_000, (7,), generator=g)
+    logp = torch.stack([probe.unembed(r) for r in resid]).double().log_softmax(-1)
+    kl = (logp[-1:].exp() * (logp[-1:] - logp)).sum(-1).float()
+    assert 0.5 < kl.max() < 5
+    for chunk in (None, 1, 2, 3):  # 3: chunks of 3, 3 and 1 positions
+        stats = lens_statistics(probe, resid, targets, chunk=chunk)
+        torch.testing.assert_close(stats.kl_to_final, kl, atol=1e-5, rtol=0)

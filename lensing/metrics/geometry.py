@@ -9,6 +9,11 @@ Spectral metrics count squared singular values below floating point resolution a
 so a numerically zero matrix (e.g. identical rows, centred) has rank 0 rather than the rank of
 its rounding noise; the threshold is ``k * max(s_max^2, k * ||x||_F^2)`` with
 ``k = max(n, d) * eps`` and ``||x||_F`` taken before centring.
+
+Inputs are checked rather than let through to a silent 0 or NaN: any NaN or inf raises a
+ValueError naming the input, and so does a set too small for the metric (no rows; fewer than
+two rows for pairs or a covariance). Zero rows have no direction, so the cosine metrics leave
+them out of their pairs and means.
 """
 
 from __future__ import annotations
@@ -16,11 +21,45 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from torch.nn.functional import normalize
 
 _EXACT = "donot_use_mm_for_euclid_dist"  # the matmul shortcut loses the distances between near-identical points
+
+
+def _check(name: str, x: Tensor, need: int = 1, what: str = "the metric") -> None:
+    """Raises a ValueError naming input `name` if it holds NaN or inf or fewer than `need` rows."""
+    bad = x.numel() - int(torch.isfinite(x).sum())
+    if bad:
+        raise ValueError(f"{name} contains {bad} non-finite values (NaN or inf)")
+    _need_rows(f"{name} has", x.shape[0], need, what)
+
+
+def _need_rows(have: str, n: int, need: int, what: str, rows: str = "rows") -> None:
+    """Raises a ValueError saying that `what` needs `need` rows where "`have` `n`"."""
+    if n < need:
+        raise ValueError(f"{what} needs at least {need} {rows}; {have} {n}")
+
+
+def _resolution(n: int, d: int) -> float:
+    """Relative floating point resolution of sums over an n x d float64 matrix: max(n, d) * eps."""
+    return max(n, d) * torch.finfo(torch.float64).eps
+
+
+def _directions(x: Float[Tensor, "... d"]) -> tuple[Float[Tensor, "... d"], Bool[Tensor, "..."]]:
+    """Unit vectors along the rows of `x` (float64), zero for zero rows, and which rows are nonzero."""
+    x = x.double()
+    norms = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    return torch.where(norms > 0, x / norms, 0.0), norms[..., 0] > 0
+
+
+def _pairwise_cosine(unit_sum: Float[Tensor, "... d"], count: Int[Tensor, "..."], have: str) -> Float[Tensor, "..."]:
+    """Mean cosine over distinct pairs of `count` unit vectors summing to `unit_sum`: (||sum||^2 - n) / (n (n - 1))."""
+    count = torch.as_tensor(count, device=unit_sum.device)
+    what = "a mean pairwise cosine (zero rows have no direction)"
+    _need_rows(have, int(count.min()), 2, what, rows="nonzero rows")
+    return (unit_sum.square().sum(-1) - count) / (count * (count - 1))
 
 
 def _power_spectrum(x: Float[Tensor, "n d"], center: bool) -> tuple[Float[Tensor, " k"], Float[Tensor, ""]]:
@@ -34,7 +73,7 @@ def _power_spectrum(x: Float[Tensor, "n d"], center: bool) -> tuple[Float[Tensor
 
 def _clean(power: Float[Tensor, " k"], total: Float[Tensor, ""], n: int, d: int) -> Float[Tensor, " k"]:
     """Zeroes squared singular values that are rounding noise (see the module docstring)."""
-    k = max(n, d) * torch.finfo(torch.float64).eps
+    k = _resolution(n, d)
     tol = k * torch.maximum(power.max(), k * total)
     return torch.where(power > tol, power, torch.zeros_like(power))
 
@@ -90,6 +129,7 @@ def effective_rank(x: Float[Tensor, "n d"], center: bool = True) -> Float[Tensor
     >>> print(f"{effective_rank(torch.outer(torch.arange(1.0, 5.0), torch.ones(3)), center=False):.4f}")
     1.0000
     """
+    _check("x", x)
     power, total = _power_spectrum(x, center)
     return _effective_rank(_clean(power, total, *x.shape))
 
@@ -103,6 +143,7 @@ def rankme(x: Float[Tensor, "n d"], eps: float = 1e-7) -> Float[Tensor, ""]:
     >>> print(f"{rankme(torch.eye(4)):.4f}")
     4.0000
     """
+    _check("x", x)
     power, total = _power_spectrum(x, center=False)
     return _rankme(_clean(power, total, *x.shape), eps)
 
@@ -117,6 +158,7 @@ def participation_ratio(x: Float[Tensor, "n d"], center: bool = True) -> Float[T
     >>> print(f"{participation_ratio(torch.diag(torch.tensor([1.0, 1.0, 0.0])), center=False):.4f}")
     2.0000
     """
+    _check("x", x)
     power, total = _power_spectrum(x, center)
     return _participation_ratio(_clean(power, total, *x.shape))
 
@@ -129,23 +171,27 @@ def stable_rank(x: Float[Tensor, "n d"], center: bool = False) -> Float[Tensor, 
     >>> print(f"{stable_rank(torch.diag(torch.tensor([2.0, 1.0, 1.0]))):.4f}")
     1.5000
     """
+    _check("x", x)
     power, total = _power_spectrum(x, center)
     return _stable_rank(_clean(power, total, *x.shape))
 
 
 def mean_pairwise_cosine(x: Float[Tensor, "n d"]) -> Float[Tensor, ""]:
-    """Mean cosine similarity over distinct pairs of (nonzero) rows: the anisotropy of the set.
+    """Mean cosine similarity over distinct pairs of nonzero rows: the anisotropy of the set.
 
     1 when all vectors point the same way (collapse), about 0 for isotropic directions and at
-    least -1/(n-1). Computed in O(n d) from the sum of unit vectors u_i, since
-    ||sum u_i||^2 = n + sum_{i != j} cos(x_i, x_j).
+    least -1/(n-1). Zero rows have no direction and are left out (n counts the nonzero rows);
+    fewer than two nonzero rows raise a ValueError. Computed in O(n d) from the sum of unit
+    vectors u_i, since ||sum u_i||^2 = n + sum_{i != j} cos(x_i, x_j).
 
     >>> print(f"{mean_pairwise_cosine(torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 3.0]])):.4f}")
     0.3333
+    >>> print(f"{mean_pairwise_cosine(torch.tensor([[1.0, 0.0], [0.0, 0.0], [2.0, 0.0]])):.4f}")
+    1.0000
     """
-    n = x.shape[0]
-    units = normalize(x.double(), dim=-1).sum(0)
-    return (units.square().sum() - n) / (n * (n - 1))
+    _check("x", x)
+    units, nonzero = _directions(x)
+    return _pairwise_cosine(units.sum(0), nonzero.sum(), "x has")
 
 
 class StepCosines(NamedTuple):
@@ -160,17 +206,22 @@ def step_cosines(latents: Float[Tensor, "n steps d"]) -> StepCosines:
 
     `cross_sample[t]` is the mean pairwise cosine across samples at step t (rising to 1 under
     feature collapse); `consecutive[t]` is the mean over samples of cos(latent_t, latent_{t+1})
-    (near 1 when a chain stalls and repeats itself).
+    (near 1 when a chain stalls and repeats itself). Zero latents have no direction and are left
+    out, as in `mean_pairwise_cosine`; a step with fewer than two nonzero latents, or a pair of
+    steps no chain has nonzero latents at, raises a ValueError.
 
     >>> z = torch.tensor([[[1.0, 0.0], [1.0, 1.0]], [[2.0, 0.0], [0.0, 1.0]]])
     >>> cos = step_cosines(z)
     >>> print([f"{c:.4f}" for c in cos.cross_sample], [f"{c:.4f}" for c in cos.consecutive])
     ['1.0000', '0.7071'] ['0.3536']
     """
-    n = latents.shape[0]
-    units = normalize(latents.double(), dim=-1)
-    cross = (units.sum(0).square().sum(-1) - n) / (n * (n - 1))
-    consecutive = (units[:, :-1] * units[:, 1:]).sum(-1).mean(0)
+    _check("latents", latents)
+    units, nonzero = _directions(latents)
+    cross = _pairwise_cosine(units.sum(0), nonzero.sum(0), "latents have, at their sparsest step,")
+    both = (nonzero[:, :-1] & nonzero[:, 1:]).sum(0)
+    if (both == 0).any():
+        raise ValueError("a consecutive cosine needs a chain with nonzero latents at both steps; some pair has none")
+    consecutive = (units[:, :-1] * units[:, 1:]).sum((0, -1)) / both
     return StepCosines(cross, consecutive)
 
 
@@ -183,6 +234,7 @@ def latent_distance(x: Float[Tensor, "n d"], chunk: int = 4096) -> Float[Tensor,
     >>> print(f"{latent_distance(torch.tensor([[0.0, 0.0], [0.0, 2.0]])):.4f}")
     2.0000
     """
+    _check("x", x, 2, "a mean distance over pairs")
     x = x.double()
     n = x.shape[0]
     total = sum(torch.cdist(block, x, compute_mode=_EXACT).sum() for block in x.split(chunk))
@@ -198,6 +250,8 @@ def vocab_distance(x: Float[Tensor, "n d"], embeddings: Float[Tensor, "vocab d"]
     >>> print(f"{vocab_distance(torch.tensor([[3.0, 4.0]]), torch.tensor([[1.0, 0.0], [-1.0, 0.0]])):.4f}")
     5.0000
     """
+    _check("x", x)
+    _check("embeddings", embeddings)
     centroid = embeddings.sum(0, dtype=torch.float64) / embeddings.shape[0]
     return (x.double() - centroid).norm(dim=-1).mean()
 
@@ -211,8 +265,12 @@ def norm_ratio(x: Float[Tensor, "n d"], embeddings: Float[Tensor, "vocab d"]) ->
     >>> print(f"{norm_ratio(torch.tensor([[0.0, 2.0], [4.0, 0.0]]), torch.eye(2)):.4f}")
     3.0000
     """
-    token_norms = torch.linalg.vector_norm(embeddings, dim=-1, dtype=torch.float64)
-    return x.double().norm(dim=-1).mean() / token_norms.mean()
+    _check("x", x)
+    _check("embeddings", embeddings)
+    token_norm = torch.linalg.vector_norm(embeddings, dim=-1, dtype=torch.float64).mean()
+    if token_norm == 0:
+        raise ValueError("embeddings are all zero: the norm ratio is undefined")
+    return x.double().norm(dim=-1).mean() / token_norm
 
 
 class NearestToken(NamedTuple):
@@ -228,13 +286,15 @@ def nearest_token_cosine(
     """For each row, the highest cosine to any token embedding and that token's id.
 
     Says whether a latent is close to some discrete token (near 1) or lies off the vocabulary
-    (low). Computed in the promoted input dtype (at least float32), `chunk` rows at a time, so
-    memory is O(chunk * vocab).
+    (low); a zero row, which has no direction, gets cosine 0. Computed in the promoted input
+    dtype (at least float32), `chunk` rows at a time, so memory is O(chunk * vocab).
 
     >>> best = nearest_token_cosine(torch.tensor([[2.0, 1.0], [-1.0, -3.0]]), torch.eye(2))
     >>> best.token_id.tolist(), [f"{c:.4f}" for c in best.cosine]
     ([0, 0], ['0.8944', '-0.3162'])
     """
+    _check("x", x)
+    _check("embeddings", embeddings)
     dtype = torch.promote_types(torch.promote_types(x.dtype, embeddings.dtype), torch.float32)
     table = normalize(embeddings.to(dtype), dim=-1)
     best = [(normalize(block.to(dtype), dim=-1) @ table.T).max(-1) for block in x.split(chunk)]
@@ -252,6 +312,8 @@ def frechet_distance(x: Float[Tensor, "n d"], y: Float[Tensor, "m d"]) -> Float[
     >>> print(f"{frechet_distance(x, x + torch.tensor([3.0, 4.0])):.4f}")
     25.0000
     """
+    _check("x", x, 2, "a covariance")
+    _check("y", y, 2, "a covariance")
     x, y = x.double(), y.double()
     return _frechet(x.mean(0), _unbiased_cov(x), y.mean(0), _unbiased_cov(y))
 
@@ -268,6 +330,10 @@ def mmd_rbf(x: Float[Tensor, "n d"], y: Float[Tensor, "m d"], bandwidth: float |
     >>> print(f"{mmd_rbf(x, x + 100.0, bandwidth=10.0):.4f}")
     1.9801
     """
+    _check("x", x, 2, "the unbiased MMD (pairs within each sample)")
+    _check("y", y, 2, "the unbiased MMD (pairs within each sample)")
+    if bandwidth is not None and not bandwidth > 0:
+        raise ValueError(f"bandwidth must be positive, got {bandwidth}")
     z = torch.cat([x, y]).double()
     n = x.shape[0]
     sq = torch.cdist(z, z, compute_mode=_EXACT).square()
@@ -287,14 +353,23 @@ def linear_cka(x: Float[Tensor, "n dx"], y: Float[Tensor, "n dy"]) -> Float[Tens
     ||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F) for column-centred Xc, Yc: in [0, 1],
     invariant to rotations and isotropic scaling of either side, so it compares, e.g., latents
     of one step with those of another, or across layers and models of different width. Uses the
-    n x n Gram matrices when n is below the widths.
+    n x n Gram matrices when n is below the widths. Undefined (a ValueError) when either side is
+    constant, all rows equal up to rounding, which includes n = 1: it has no variance to align.
 
     >>> x = torch.tensor([[1.0, 2.0], [3.0, 1.0], [0.0, 5.0], [2.0, 2.0]])
     >>> print(f"{linear_cka(x, 3 * x.flip(-1)):.4f}")
     1.0000
     """
+    _check("x", x)
+    _check("y", y)
+    if y.shape[0] != x.shape[0]:
+        raise ValueError(f"x and y must hold the same samples, got {x.shape[0]} and {y.shape[0]} rows")
     x, y = x.double(), y.double()
-    x, y = x - x.mean(0), y - y.mean(0)
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    for name, raw, centred in (("x", x, xc), ("y", y, yc)):
+        if centred.square().sum() <= _resolution(*raw.shape) ** 2 * raw.square().sum():
+            raise ValueError(f"linear CKA is undefined: {name} is constant (all its rows are equal up to rounding)")
+    x, y = xc, yc
     if x.shape[0] < max(x.shape[1], y.shape[1]):
         kx, ky = x @ x.T, y @ y.T
         return (kx * ky).sum() / (kx.norm() * ky.norm())

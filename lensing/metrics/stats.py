@@ -1,7 +1,8 @@
 """Mergeable moment statistics: geometry metrics over any number of vectors in O(d^2) memory.
 
 Accumulate batches with `update` (or per shard / worker, then `merge`) and read the metrics
-at the end; they equal the `lensing.metrics.geometry` functions on all the rows at once.
+at the end; they equal the `lensing.metrics.geometry` functions on all the rows at once, and
+raise the same ValueErrors (NaN or inf rows, too few rows for the metric).
 """
 
 from __future__ import annotations
@@ -11,25 +12,31 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from torch.nn.functional import normalize
 
 from lensing.metrics.geometry import (
+    _check,
     _clean,
+    _directions,
     _effective_rank,
     _frechet,
+    _need_rows,
+    _pairwise_cosine,
     _participation_ratio,
     _rankme,
     _stable_rank,
 )
 
+_SEEN = "MomentStats has seen"
+
 
 @dataclass(frozen=True)
 class MomentStats:
-    """Count, mean, centred scatter matrix, sum of norms and sum of unit vectors of a set of rows (float64).
+    """Count, mean, centred scatter matrix, sum of norms, and sum and count of unit vectors of a set of rows (float64).
 
     The second moment is kept centred (Chan et al.'s pairwise update) rather than as a raw Gram
     sum, so the covariance of a tightly collapsed cloud far from the origin does not drown in
-    cancellation; `sum` and `gram` are derived from it. Merging is exact up to rounding.
+    cancellation; `sum` and `gram` are derived from it. Zero rows have no unit vector, so
+    `unit_count` counts the nonzero rows. Merging is exact up to rounding.
 
     >>> x = torch.randn(100, 4, generator=torch.Generator().manual_seed(0))
     >>> stats = MomentStats.empty(4).update(x[:30]).merge(MomentStats.empty(4).update(x[30:]))
@@ -42,6 +49,7 @@ class MomentStats:
     scatter: Float[Tensor, "d d"]
     norm_sum: Float[Tensor, ""]
     unit_sum: Float[Tensor, " d"]
+    unit_count: int
 
     @classmethod
     def empty(cls, d: int, device: torch.device | str | None = None) -> MomentStats:
@@ -50,14 +58,16 @@ class MomentStats:
         def zeros(*shape: int) -> Tensor:
             return torch.zeros(shape, dtype=torch.float64, device=device)
 
-        return cls(0, zeros(d), zeros(d, d), zeros(), zeros(d))
+        return cls(0, zeros(d), zeros(d, d), zeros(), zeros(d), 0)
 
     def update(self, x: Float[Tensor, "n d"]) -> MomentStats:
         """Statistics of the rows seen so far plus the rows of `x` (a new object)."""
+        _check("x", x, need=0)
         x = x.double()
         centred = x - x.mean(0)
+        units, nonzero = _directions(x)
         batch = MomentStats(
-            x.shape[0], x.mean(0), centred.T @ centred, x.norm(dim=-1).sum(), normalize(x, dim=-1).sum(0)
+            x.shape[0], x.mean(0), centred.T @ centred, x.norm(dim=-1).sum(), units.sum(0), int(nonzero.sum())
         )
         return self.merge(batch)
 
@@ -75,6 +85,7 @@ class MomentStats:
             self.scatter + other.scatter + torch.outer(delta, delta) * (self.count * other.count / n),
             self.norm_sum + other.norm_sum,
             self.unit_sum + other.unit_sum,
+            self.unit_count + other.unit_count,
         )
 
     @property
@@ -90,10 +101,12 @@ class MomentStats:
     @property
     def covariance(self) -> Float[Tensor, "d d"]:
         """Population (1/n) covariance."""
+        _need_rows(_SEEN, self.count, 1, "a covariance")
         return self.scatter / self.count
 
     def _power(self, center: bool) -> Float[Tensor, " k"]:
         """Squared singular values of the (centred) data matrix: eigenvalues of its scatter or Gram matrix."""
+        _need_rows(_SEEN, self.count, 1, "a spectrum")
         d = self.mean.shape[0]
         gram = self.gram
         power = torch.linalg.eigvalsh(self.scatter if center else gram).flip(0)[: min(self.count, d)]
@@ -116,14 +129,16 @@ class MomentStats:
         return _stable_rank(self._power(center))
 
     def mean_pairwise_cosine(self) -> Float[Tensor, ""]:
-        """`geometry.mean_pairwise_cosine` of all rows seen."""
-        n = self.count
-        return (self.unit_sum.square().sum() - n) / (n * (n - 1))
+        """`geometry.mean_pairwise_cosine` of all rows seen (zero rows left out)."""
+        return _pairwise_cosine(self.unit_sum, self.unit_count, _SEEN)
 
     def mean_norm(self) -> Float[Tensor, ""]:
         """Mean Euclidean norm of the rows."""
+        _need_rows(_SEEN, self.count, 1, "a mean norm")
         return self.norm_sum / self.count
 
     def frechet_distance(self, other: MomentStats) -> Float[Tensor, ""]:
         """`geometry.frechet_distance` between the rows seen here and those seen by `other`."""
+        for stats in (self, other):
+            _need_rows(_SEEN, stats.count, 2, "a covariance")
         return _frechet(self.mean, self.scatter / (self.count - 1), other.mean, other.scatter / (other.count - 1))

@@ -16,22 +16,28 @@ def top_p_filter(
 
     ``reference`` keeps tokens while the cumulative probability is <= top_p (the token that
     crosses the threshold is dropped; the top-1 is always kept). ``nucleus`` keeps the smallest
-    set whose mass reaches top_p (the crossing token is kept).
+    set whose mass reaches top_p (the crossing token is kept). ``top_p >= 1`` keeps every token
+    under both rules: the float32 cumulative sum of a large vocabulary drifts from 1 by more
+    than the 1e-6 tolerance for hand-written thresholds, which dropped ~2k tail tokens of 49k.
 
     >>> p = torch.tensor([0.5, 0.3, 0.2])
     >>> top_p_filter(p, 0.8, "reference")
     tensor([0.6250, 0.3750, 0.0000])
     >>> top_p_filter(p, 0.7, "nucleus")
     tensor([0.6250, 0.3750, 0.0000])
+    >>> top_p_filter(p, 1.0, "nucleus")
+    tensor([0.5000, 0.3000, 0.2000])
     """
+    if rule not in ("reference", "nucleus"):
+        raise ValueError(f"top_p rule must be 'reference' or 'nucleus', got {rule!r}")
+    if top_p >= 1.0:
+        return probs / probs.sum(dim=-1, keepdim=True)
     sorted_probs, order = probs.sort(dim=-1, descending=True)
     cumulative = sorted_probs.cumsum(dim=-1)
     if rule == "reference":
         keep_sorted = cumulative <= top_p + 1e-6
-    elif rule == "nucleus":
-        keep_sorted = (cumulative - sorted_probs) < top_p - 1e-6
     else:
-        raise ValueError(f"top_p rule must be 'reference' or 'nucleus', got {rule!r}")
+        keep_sorted = (cumulative - sorted_probs) < top_p - 1e-6
     keep_sorted[..., 0] = True
     keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
     kept = probs * keep

@@ -22,7 +22,8 @@ class LensStats:
     """Per read-out layer and position statistics of a lens.
 
     ``target_rank`` is the number of tokens whose logit is above the target's (0: the target is the
-    top-1); tokens tied with it count one half each, rounded down. ``kl_to_final`` is
+    top-1); tokens tied with it count one half each, rounded down, the same rule at every layer
+    (ties are real: SmolLM2's ``<thinking>`` LM-head row copies EOS). ``kl_to_final`` is
     KL(final layer || this layer).
     """
 
@@ -38,6 +39,7 @@ _FINAL_LOGITS = 1 << 23  # positions per chunk: as many as keep this many final-
 _ROW_BLOCK = 1024  # read-outs (layer, position) per pass over the unembedding; more for small vocabularies
 _SLICE = 1 << 19  # logits reduced while they are still in the cores' caches (2 MiB in float32)
 _SLICES_PER_TOP_K = 16  # slices gathered before their top-k is taken: fewer, wider top-k calls
+_MAX_STEP = 4096  # widest slice, as each block of rows spends about one more slice on its target logits
 
 
 @torch.no_grad()
@@ -97,21 +99,14 @@ def _chunk_statistics(probe, weight, bias, resid, targets, k, translators, vocab
     final = final.finish()
     final_p = final_logits.sub_(final["lse"][:, None]).exp_()  # in place: the logits are not needed any more
     # sum_v p_final(v) * logit(v) = h . (p_final @ W) (+ p_final . b): one product, not one per layer
-    final_mix = (final_p.to(weight.dtype) @ weight).float()
-    final_mix_bias = final_p @ bias.float() if bias is not None else 0.0
+    final_mix = _vocab_sum(final_p.to(weight.dtype), weight).float()
+    final_mix_bias = _vocab_sum(final_p, bias.float()[:, None])[:, 0].float() if bias is not None else 0.0
     del final_logits, final_p
 
     earlier = [translators(layer, resid[layer]) if translators else resid[layer] for layer in range(n_layers - 1)]
     h = probe.final_norm(torch.cat(earlier)).to(weight.dtype)  # [(layer n), d]: every earlier read-out as a row
-    per_layer = h.view(n_layers - 1, n, d_model).float()
-    target_logit = torch.einsum("lnd,nd->ln", per_layer, weight[targets].float())
-    if bias is not None:
-        target_logit = target_logit + bias[targets].float()
-    target_logit = target_logit.to(weight.dtype).float()  # rounded like the products it is compared with
-    cross = torch.einsum("lnd,nd->ln", per_layer, final_mix) + final_mix_bias
-    rows = _unembedding_statistics(
-        h, weight, bias, targets.repeat(n_layers - 1), target_logit.flatten(), k, vocab_chunk
-    )
+    cross = torch.einsum("lnd,nd->ln", h.view(n_layers - 1, n, d_model).float(), final_mix) + final_mix_bias
+    rows = _unembedding_statistics(h, weight, bias, targets.repeat(n_layers - 1), k, vocab_chunk)
     rows = {name: value.view(n_layers - 1, n, *value.shape[1:]) for name, value in rows.items()}
     kl = (rows.pop("lse") - cross - final["entropy"]).clamp(min=0)  # KL(final || layer)
     del final["lse"]
@@ -126,28 +121,68 @@ def _unembedding_parameters(probe) -> tuple[Float[Tensor, "vocab d_model"], Floa
     return head.weight, bias if bias is not None and bool(bias.any()) else None
 
 
-def _unembedding_statistics(h, weight, bias, targets, target_logit, k, vocab_chunk) -> dict[str, Tensor]:
+def _vocab_sum(p: Float[Tensor, "n vocab"], m: Float[Tensor, "vocab k"], block: int = 1024) -> Float[Tensor, "n k"]:
+    """p @ m as a float64 sum of float32 products over blocks of ``block`` vocabulary rows.
+
+    One product over the whole vocabulary is not accurate enough for the KL's cross term: for one
+    or two rows of ``p`` BLAS switches to a matrix-vector product that accumulates all ~50k terms
+    in one float32 sum (3e-3 off the KL in chunks of one or two positions). Blocks are multiplied
+    a group at a time, the group's partial sums taking no more memory than ``p``.
+    """
+    whole = p.shape[1] // block * block
+    p_blocks = p[:, :whole].unflatten(1, (-1, block)).transpose(0, 1)
+    m_blocks = m[:whole].unflatten(0, (-1, block))
+    total = (p[:, whole:] @ m[whole:]).double()
+    group = max(1, p.shape[1] // m.shape[1])
+    for g in range(0, len(p_blocks), group):
+        total += torch.bmm(p_blocks[g : g + group], m_blocks[g : g + group]).sum(0, dtype=torch.float64)
+    return total
+
+
+def _logits_into(x: Float[Tensor, "r w"], rows: Float[Tensor, "r d_model"], w: Tensor, b: Tensor | None) -> None:
+    """x = rows @ w.T (+ b) in float32: the one way every logit of the earlier layers is computed."""
+    if w.dtype == torch.float32:
+        torch.mm(rows, w.T, out=x)
+    else:
+        x.copy_(rows @ w.T)
+    if b is not None:
+        x += b.float()
+
+
+def _target_logits(rows, weight, bias, targets, width: int) -> Float[Tensor, " r"]:
+    """Each row's logit for its target, rounded exactly as its own column in the vocabulary slices.
+
+    The rank compares every logit with this value; a separately computed dot product (an einsum)
+    differs in the last bits, which turned exact ties (two identical LM-head rows) into tokens
+    above or below. The distinct targets are gathered into products shaped like the slices
+    (``width`` columns), which BLAS rounds the same way; about one slice per block of rows.
+    """
+    ids, column = targets.unique(return_inverse=True)
+    ids = torch.cat([ids, ids.new_zeros(-len(ids) % width)])  # whole slices
+    logits = torch.empty(rows.shape[0], len(ids), device=rows.device)
+    for c0 in range(0, len(ids), width):
+        part = ids[c0 : c0 + width]
+        _logits_into(logits[:, c0 : c0 + width], rows, weight[part], bias[part] if bias is not None else None)
+    return logits.gather(1, column[:, None])[:, 0]
+
+
+def _unembedding_statistics(h, weight, bias, targets, k, vocab_chunk) -> dict[str, Tensor]:
     """Statistics of the logits h @ W.T (+ b) for every row of ``h``, never holding them all."""
     vocab = weight.shape[0]
     block_rows = min(h.shape[0], max(_ROW_BLOCK, _SLICE // vocab))
-    step = vocab_chunk or max(64, _SLICE // block_rows)
+    step = min(vocab_chunk or min(_MAX_STEP, max(64, _SLICE // block_rows)), vocab)
     buffer = torch.empty(block_rows, min(step * _SLICES_PER_TOP_K, vocab), device=h.device)
     blocks = []
     for r0 in range(0, h.shape[0], block_rows):
         rows = h[r0 : r0 + block_rows]
         block = slice(r0, r0 + block_rows)
-        reduction = _LogitReduction(targets[block], target_logit[block], k)
+        reduction = _LogitReduction(targets[block], _target_logits(rows, weight, bias, targets[block], step), k)
         for w0 in range(0, vocab, buffer.shape[1]):
             logits = buffer[: rows.shape[0], : min(buffer.shape[1], vocab - w0)]
             for v0 in range(0, logits.shape[1], step):
                 x = logits[:, v0 : v0 + step]
-                w = weight[w0 + v0 : w0 + v0 + x.shape[1]]
-                if w.dtype == torch.float32:
-                    torch.mm(rows, w.T, out=x)
-                else:
-                    x.copy_(rows @ w.T)
-                if bias is not None:
-                    x += bias[w0 + v0 : w0 + v0 + x.shape[1]].float()
+                part = slice(w0 + v0, w0 + v0 + x.shape[1])
+                _logits_into(x, rows, weight[part], bias[part] if bias is not None else None)
                 reduction.add(x)
             reduction.add_top_k(logits, w0)
         blocks.append(reduction.finish())

@@ -120,7 +120,7 @@ class CollapseAccumulator:
                 "rankme": float(stats.rankme()),
                 "participation_ratio": float(stats.participation_ratio()),
                 "stable_rank": float(stats.stable_rank()),
-                "mean_cosine": float(stats.mean_pairwise_cosine()),
+                "mean_cosine": float(stats.mean_pairwise_cosine()) if stats.unit_count > 1 else float("nan"),
                 "step_cosine": (
                     self.step_cos[(step, layer)][0] / self.step_cos[(step, layer)][1]
                     if (step, layer) in self.step_cos

@@ -265,7 +265,7 @@ def trails_study(lm: LatentLM, problems: list[Problem], seed: int = 0) -> Trails
             "capture_rate": capture,
             "baseline_capture_rate": baseline,
             "effective_rank": rank,
-            "mean_cosine": float(mean_pairwise_cosine(depth[:, layer])),
+            "mean_cosine": float(mean_pairwise_cosine(depth[:, layer])) if len(depth) > 1 else float("nan"),
         }
         if len(chains) >= 2 and len({len(c) for c in chains}) == 1 and len(chains[0]) >= 2:
             deltas = torch.stack([c[:, layer].diff(dim=0).flatten() for c in chains])
