@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from lensing.metrics import effective_rank, participation_ratio, rankme, stable_rank
 from lensing.model import LatentConfig, LatentLM
 from lensing.tasks import ANSWER_MARKER, build_char_tokenizer
 from lensing.tasks.tokenizer import save_and_reload
@@ -42,3 +43,22 @@ def tiny_lm(tmp_path):
 
 
 PROMPTS = ["a=12;b=a+3;b?\n", "a=5;b=a-7;c=b+1;c?\n", "a=99;b=a+9;c=b+9;d=c-2;d?\n"]
+
+
+def close(actual, expected, tol: float = 1e-6, scale: float = 1.0) -> None:
+    """|actual - expected| <= tol * max(scale, |expected|): relative, with an absolute floor for values near 0."""
+    actual, expected = float(actual), float(expected)
+    assert abs(actual - expected) <= tol * max(scale, abs(expected)), (actual, expected)
+
+
+def spectra(x: torch.Tensor) -> list[torch.Tensor]:
+    """Every spectral metric of ``x``, centred and uncentred."""
+    return [
+        effective_rank(x),
+        effective_rank(x, center=False),
+        participation_ratio(x),
+        participation_ratio(x, center=False),
+        stable_rank(x),
+        stable_rank(x, center=True),
+        rankme(x),
+    ]

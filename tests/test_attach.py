@@ -14,9 +14,7 @@ def fingerprint(lm: LatentLM) -> dict:
     """Everything about ``lm`` that attaching could change, read without running it."""
     return {
         "modules": [(name, type(m).__name__) for name, m in lm.named_modules()],
-        "hooks": sum(
-            len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in lm.modules()
-        ),
+        "hooks": sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in lm.modules()),
         "state_dict": {k: (v.data_ptr(), tuple(v.shape)) for k, v in lm.state_dict().items()},
         "attn_implementation": lm.model.config._attn_implementation,
     }

@@ -8,6 +8,7 @@ import re
 import pytest
 import scipy.linalg
 import torch
+from conftest import close, spectra
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.nn.functional import cosine_similarity
@@ -47,23 +48,6 @@ def cloud(seed: int, n: int, d: int) -> torch.Tensor:
 def rotation(seed: int, d: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed + 1)
     return torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64)).Q
-
-
-def close(actual, expected, tol: float = 1e-6) -> None:
-    actual, expected = float(actual), float(expected)
-    assert abs(actual - expected) <= tol * max(1.0, abs(expected)), (actual, expected)
-
-
-def spectra(x: torch.Tensor) -> list[torch.Tensor]:
-    return [
-        effective_rank(x),
-        effective_rank(x, center=False),
-        participation_ratio(x),
-        participation_ratio(x, center=False),
-        stable_rank(x),
-        stable_rank(x, center=True),
-        rankme(x),
-    ]
 
 
 @pytest.mark.parametrize("module", [geometry, stats, probing])

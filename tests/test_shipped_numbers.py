@@ -37,7 +37,10 @@ def test_figure_captions_quote_the_shipped_run():
 
 def test_splice_replaces_only_generated_blocks():
     text = "intro 1.0\n<!-- generated:a -->\nold 2.0\n<!-- /generated:a -->\noutro 3.0\n"
-    assert splice_blocks(text, {"a": "new 4.0"}) == "intro 1.0\n<!-- generated:a -->\nnew 4.0\n<!-- /generated:a -->\noutro 3.0\n"
+    assert (
+        splice_blocks(text, {"a": "new 4.0"})
+        == "intro 1.0\n<!-- generated:a -->\nnew 4.0\n<!-- /generated:a -->\noutro 3.0\n"
+    )
     with pytest.raises(ValueError, match="no markers for generated blocks \\['b'\\]"):
         splice_blocks(text, {"b": "x"})
 

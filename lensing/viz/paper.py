@@ -417,9 +417,7 @@ def build_figures(
     return FigureRun(out, facts)
 
 
-def write_figures(
-    figures: list[Figure], out: str | Path, formats: tuple[str, ...], facts: dict | None = None
-) -> Path:
+def write_figures(figures: list[Figure], out: str | Path, formats: tuple[str, ...], facts: dict | None = None) -> Path:
     """Writes every figure in every format plus CSV, README.md and (given ``facts``) results.json
     into ``out``; all or nothing."""
     unknown = set(formats) - {*STATIC_FORMATS, "html"}

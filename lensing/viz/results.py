@@ -81,7 +81,9 @@ def collect_facts(
     }
     facts["trails"] = {
         "n_chains": n_chains,
-        "layers": {row.layer: {c: _number(row[c]) for c in TRAIL_COLUMNS if c in row} for _, row in trails_table.iterrows()},
+        "layers": {
+            row.layer: {c: _number(row[c]) for c in TRAIL_COLUMNS if c in row} for _, row in trails_table.iterrows()
+        },
     }
     return facts
 
@@ -137,7 +139,7 @@ def _collapse_block(facts: dict) -> str:
     return "\n".join(
         [
             f"{settings['n_collapse']} test problems; each model is forced to write a chain of "
-            f"{settings['forced_latents']} latents right after the prompt (Coconut's \"forcing k thoughts\"), and the "
+            f'{settings["forced_latents"]} latents right after the prompt (Coconut\'s "forcing k thoughts"), and the '
             "metrics are computed over samples at each step on the latent *input* vectors (read-out `embed`):",
             "",
             _table(header, rows),
