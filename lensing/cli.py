@@ -177,12 +177,12 @@ def _cmd_trails(args: argparse.Namespace) -> None:
 
 def _cmd_figures(args: argparse.Namespace) -> None:
     from lensing.viz.paper import build_figures, write_figures
-    from lensing.viz.results import readme_blocks, splice_blocks
+    from lensing.viz.results import BLOCKS, readme_blocks, splice_blocks
 
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
     readme = Path(args.readme) if args.readme else None
     if readme is not None:  # fail before the long run, not after it
-        splice_blocks(readme.read_text(), dict.fromkeys(("accuracy", "training", "collapse", "trails"), ""))
+        splice_blocks(readme.read_text(), dict.fromkeys(BLOCKS, ""))
     run = build_figures(args.model, log=lambda m: print(m, file=sys.stderr))
     out = write_figures(run.figures, args.out, formats, run.facts)
     print(f"wrote {len(run.figures)} figures x {len(formats)} formats (+ CSV), results.json and an index to {out}")

@@ -77,6 +77,8 @@ def shadow_copy(model: nn.Module) -> nn.Module:
     submodules, eager attention, renamed ``state_dict`` keys), so probes boot it on this copy:
     the original keeps its modules, hooks, attention implementation, generation and
     ``save_pretrained``, while both read the same storage (an in-place weight edit is seen by both).
+    A parameter *replaced* on the original afterwards (e.g. by ``resize_token_embeddings``) is not
+    seen by the copy: attach again after such a change.
     """
     memo = {id(t): t for t in (*model.parameters(), *model.buffers())}
     return copy.deepcopy(model, memo)

@@ -196,14 +196,17 @@ def _training_block(facts: dict) -> str:
     )
 
 
+BLOCKS = {
+    "accuracy": _accuracy_block,
+    "training": _training_block,
+    "collapse": _collapse_block,
+    "trails": _trails_block,
+}
+
+
 def readme_blocks(facts: dict) -> dict[str, str]:
     """The generated README blocks, by name."""
-    return {
-        "accuracy": _accuracy_block(facts),
-        "training": _training_block(facts),
-        "collapse": _collapse_block(facts),
-        "trails": _trails_block(facts),
-    }
+    return {name: render(facts) for name, render in BLOCKS.items()}
 
 
 def find_blocks(text: str) -> dict[str, str]:
