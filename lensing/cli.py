@@ -176,12 +176,14 @@ def _cmd_trails(args: argparse.Namespace) -> None:
 
 
 def _cmd_figures(args: argparse.Namespace) -> None:
-    from lensing.viz.paper import build_figures, write_figures
+    from lensing.viz.paper import FIGURE_NAMES, build_figures, check_output_folder, output_files, write_figures
     from lensing.viz.results import BLOCKS, readme_blocks, splice_blocks
 
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
     readme = Path(args.readme) if args.readme else None
-    if readme is not None:  # fail before the long run, not after it
+    # fail before the long run, not after it
+    check_output_folder(args.out, output_files(FIGURE_NAMES, formats))
+    if readme is not None:
         splice_blocks(readme.read_text(), dict.fromkeys(BLOCKS, ""))
     run = build_figures(args.model, log=lambda m: print(m, file=sys.stderr))
     out = write_figures(run.figures, args.out, formats, run.facts)

@@ -109,3 +109,48 @@ def test_trails_are_found_and_structured(small_run):
         assert all(v["depth_ratio"] < 1 for v in blocks), trails
         assert all(v["chain_ratio"] < 1 for v in blocks), trails
     assert small_run.facts["trails"]["n_chains"] >= 0.9 * small_run.facts["settings"]["n_trails"]
+
+
+def test_figure_names_are_the_ones_the_cli_checks(small_run):
+    from lensing.viz.paper import FIGURE_NAMES
+
+    assert tuple(f.name for f in small_run.figures) == FIGURE_NAMES
+
+
+def test_figures_never_replace_or_delete_a_users_files(small_run, tmp_path):
+    out = tmp_path / "figures"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    write_figures(small_run.figures, out, ("html",), small_run.facts)
+    assert (out / "notes.txt").read_text() == "mine"
+    first = set(p.name for p in out.iterdir())
+    # a rerun in fewer formats removes only what the earlier run wrote and this one does not
+    write_figures(small_run.figures[:2], out, ("html",), None)
+    left = set(p.name for p in out.iterdir())
+    assert "notes.txt" in left and "results.json" not in left and "logit_lens.html" not in left
+    assert left < first | {".lensing-figures.json"}
+    # a user's file where a figure would go stops the run before anything is written
+    (out / "logit_lens.csv").write_text("my numbers")
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    with pytest.raises(ValueError, match="did not write and would replace: logit_lens.csv"):
+        write_figures(small_run.figures, out, ("html",), small_run.facts)
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    assert (out / "logit_lens.csv").read_text() == "my numbers"
+    assert not list(tmp_path.glob(".figures.*"))
+
+
+def test_cli_figures_refuses_a_folder_with_foreign_files_before_any_work(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "README.md").write_text("my readme")
+    run = subprocess.run(
+        [sys.executable, "-m", "lensing.cli", "figures", "--out", str(out), "--formats", "html"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode != 0 and "would replace: README.md" in run.stderr, run.stderr
+    assert (out / "README.md").read_text() == "my readme" and [p.name for p in out.iterdir()] == ["README.md"]

@@ -119,10 +119,22 @@ class LatentLM(nn.Module):
             h, logits, self.model.get_input_embeddings().weight, self.config, self.thinking_id, self.adapter
         )
 
-    def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
-        """Token ids of ``text`` (BOS first when ``add_bos``, default: the model's own convention);
-        characters the tokenizer cannot represent raise ValueError."""
+    def encode(self, text: str, add_bos: bool | None = None, allow_special: bool = False) -> list[int]:
+        """Token ids of ``text`` (BOS first when ``add_bos``, default: the model's own convention).
+
+        Characters the tokenizer cannot represent raise ValueError. So does a special token string
+        typed in the text (``<thinking>``, ``</s>``, ...): the tokenizer would read it as the control
+        token, so a prompt could fake a latent or an end of sequence. Pass ``allow_special=True``
+        only for text that means those tokens (a probe target such as ``"</s>"``).
+        """
         add_bos = self.add_bos if add_bos is None else add_bos
+        if not allow_special:
+            found = sorted(t for t in self.special_tokens if t in text)
+            if found:
+                raise ValueError(
+                    f"text {text!r} contains special token(s) {found}, which the tokenizer reads as control "
+                    "tokens; remove them from the prompt (or pass allow_special=True if they are meant)"
+                )
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         unk = self.tokenizer.unk_token_id
         if unk is not None and unk in ids:
@@ -130,6 +142,12 @@ class LatentLM(nn.Module):
             raise ValueError(f"text {text!r} contains characters outside the model's vocabulary: {bad}")
         bos = self.tokenizer.bos_token_id
         return ([bos] if add_bos and bos is not None else []) + ids
+
+    @property
+    def special_tokens(self) -> set[str]:
+        """Every special token string of the tokenizer, `<thinking>` included."""
+        added = {t.content for t in self.tokenizer.added_tokens_decoder.values() if t.special}
+        return added | set(self.tokenizer.all_special_tokens) | {THINKING_TOKEN}
 
     def token_strings(self, ids: list[int]) -> list[str]:
         return [self.tokenizer.decode([i]) for i in ids]
@@ -292,7 +310,10 @@ class LatentLM(nn.Module):
     ) -> list[Trace]:
         """Batched greedy generation with the KV cache; a latent is fed whenever argmax is `<thinking>`.
 
-        Prompts are left-padded; a row stops after it emits EOS. ``force_latents=k`` makes the first
+        Prompts are left-padded; a row stops after it emits EOS or after
+        ``min(max_new_tokens, context - its prompt length)`` tokens, so a short prompt is not cut by
+        a long one in the same batch. Empty prompts, ``max_new_tokens < 1`` and special token strings
+        typed in a prompt (see :meth:`encode`) raise ValueError. ``force_latents=k`` makes the first
         k generated positions latents whatever the argmax (Coconut's "forcing k thoughts"), so every
         sample has a chain of exactly k latents to compare. Returns one :class:`Trace` per prompt
         holding the prompt and every generated position.
@@ -300,14 +321,19 @@ class LatentLM(nn.Module):
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts:
             raise ValueError("empty batch: no prompts to generate from")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        empty = [i for i, p in enumerate(prompts) if not p]
+        if empty:
+            raise ValueError(f"prompt(s) {empty} are empty; give every prompt some text")
         encoded = [self.encode(p) for p in prompts]
         longest = max(map(len, encoded))
         if longest >= self.max_length:
             raise ValueError(
                 f"prompt of {longest} tokens does not fit the model's context of {self.max_length} tokens; shorten it"
             )
-        max_new_tokens = min(max_new_tokens, self.max_length - longest)
         batch, dev = len(prompts), self.device
+        budgets = torch.tensor([min(max_new_tokens, self.max_length - len(e)) for e in encoded], device=dev)
         ids = torch.full((batch, longest), self._pad_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for i, e in enumerate(encoded):
@@ -323,7 +349,8 @@ class LatentLM(nn.Module):
         finished = torch.zeros(batch, dtype=torch.bool, device=dev)
         lengths = torch.zeros(batch, dtype=torch.long)
         eos = self.tokenizer.eos_token_id
-        for step in range(max_new_tokens):
+        for step in range(int(budgets.max())):
+            finished = finished | (budgets <= step)
             token = last_logits.argmax(-1) if step >= force_latents else torch.full_like(last_pos, self.thinking_id)
             token = torch.where(finished, self._pad_id, token)
             lengths += (~finished).long().cpu()
@@ -336,7 +363,7 @@ class LatentLM(nn.Module):
                 h_part, pred_part = torch.where(is_lat, last_h, 0), torch.where(is_lat, e_pred, 0)
             finished = finished | (token == eos)
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            last_pos = last_pos + 1
+            last_pos = (last_pos + 1).clamp(max=self.max_length - 1)  # finished rows past their budget stay in range
             logits, hidden = self._forward(emb[:, None], mask, last_pos[:, None], cache)
             last_logits, last_h = logits[:, -1], hidden[:, -1]
             for store, value in zip(
@@ -388,11 +415,14 @@ class LatentLM(nn.Module):
         """Writes a Hugging Face model directory plus ``lensing.json`` (and the adapter, if any).
 
         Everything is written to a temporary sibling directory first and moved into place at the
-        end, so a failure never leaves a half-written checkpoint.
+        end, so a failure never leaves a half-written checkpoint. An existing checkpoint is renamed
+        aside, not deleted, until the new one is in place, and is put back if that fails: there is
+        always a complete checkpoint at ``directory``, or its old one beside it.
         """
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        old = tmp.with_name(f"{tmp.name}.old")
         try:
             self.model.save_pretrained(str(tmp), safe_serialization=True)
             self.tokenizer.save_pretrained(str(tmp))
@@ -411,11 +441,18 @@ class LatentLM(nn.Module):
             }
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
             if directory.exists():
-                shutil.rmtree(directory)
-            tmp.rename(directory)
+                directory.rename(old)
+            try:
+                tmp.rename(directory)
+            except BaseException:
+                if old.exists():
+                    old.rename(directory)
+                raise
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp)
+            if old.exists() and directory.exists():
+                shutil.rmtree(old)
 
     @classmethod
     def from_pretrained(

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,29 +77,104 @@ class Trace:
         return "\n".join(lines)
 
     def save(self, path: str | Path) -> None:
-        """Writes ``path.safetensors`` and ``path.json`` (tensors, then text), each atomically."""
-        path = Path(path)
+        """Writes ``<path>.safetensors`` (tensors) and ``<path>.json`` (text), each atomically.
+
+        The whole given name is kept (``run.v1`` and ``run.v2`` are different traces); a trailing
+        ``.safetensors`` or ``.json`` is taken as naming the pair.
+        """
+        tensor_file, json_file = trace_files(path)
         tensors = {name: getattr(self, name).contiguous().cpu() for name in _TENSOR_FIELDS}
         meta = {"tokens": self.tokens, "kinds": self.kinds, "meta": self.meta}
-        tmp_t, tmp_j = path.with_suffix(".safetensors.tmp"), path.with_suffix(".json.tmp")
-        save_file(tensors, str(tmp_t))
-        tmp_j.write_text(json.dumps(meta))
-        tmp_t.replace(path.with_suffix(".safetensors"))
-        tmp_j.replace(path.with_suffix(".json"))
+        _write_atomically(tensor_file, lambda tmp: save_file(tensors, str(tmp)))
+        _write_atomically(json_file, lambda tmp: tmp.write_text(json.dumps(meta)))
 
     @classmethod
     def load(cls, path: str | Path) -> Trace:
-        """Reads what :meth:`save` wrote; a corrupt or inconsistent file raises ValueError."""
-        path = Path(path)
+        """Reads what :meth:`save` wrote; a missing, corrupt or inconsistent file raises ValueError naming it."""
+        tensor_file, json_file = trace_files(path)
         try:
-            tensors = load_file(str(path.with_suffix(".safetensors")))
-            meta = json.loads(path.with_suffix(".json").read_text())
-        except (SafetensorError, json.JSONDecodeError, OSError) as err:
-            raise ValueError(f"cannot read trace {path}: {err}") from err
-        missing = set(_TENSOR_FIELDS) - set(tensors)
-        if missing or len(meta["tokens"]) != len(tensors["token_ids"]):
-            raise ValueError(f"trace {path} is inconsistent (missing tensors {sorted(missing)} or length mismatch)")
+            tensors = load_file(str(tensor_file))
+        except (SafetensorError, OSError) as err:
+            raise ValueError(f"cannot read trace {tensor_file}: {err}") from err
+        try:
+            meta = json.loads(json_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as err:
+            raise ValueError(f"cannot read trace {json_file}: {err}") from err
+        _check_text(meta, json_file)
+        _check_tensors(tensors, meta, tensor_file, json_file)
         return cls(tokens=meta["tokens"], kinds=meta["kinds"], meta=meta["meta"], **tensors)
+
+
+def trace_files(path: str | Path) -> tuple[Path, Path]:
+    """The ``.safetensors`` and ``.json`` files of the trace saved as ``path``."""
+    path = Path(path)
+    name = next((path.name[: -len(s)] for s in (".safetensors", ".json") if path.name.endswith(s)), path.name)
+    if not name:
+        raise ValueError(f"trace path {path} has no name; give one such as runs/trace")
+    return path.with_name(f"{name}.safetensors"), path.with_name(f"{name}.json")
+
+
+def _write_atomically(target: Path, write: Callable[[Path], object]) -> None:
+    """Calls ``write`` on a temporary sibling of ``target``, then renames it into place."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        write(tmp)
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _check_text(meta, json_file: Path) -> None:
+    """``tokens`` and ``kinds`` are lists of strings of one length, kinds from KINDS; ``meta`` is a dict."""
+
+    def fail(what: str):
+        raise ValueError(f"invalid trace {json_file}: {what}; re-save the trace with Trace.save")
+
+    if not isinstance(meta, dict):
+        fail(f"expected a JSON object, found {type(meta).__name__}")
+    missing = sorted({"tokens", "kinds", "meta"} - set(meta))
+    if missing:
+        fail(f"missing keys {missing}")
+    for key in ("tokens", "kinds"):
+        if not isinstance(meta[key], list) or not all(isinstance(x, str) for x in meta[key]):
+            fail(f"{key!r} must be a list of strings")
+    if not isinstance(meta["meta"], dict):
+        fail(f"'meta' must be an object, found {type(meta['meta']).__name__}")
+    if len(meta["tokens"]) != len(meta["kinds"]):
+        fail(f"{len(meta['tokens'])} tokens but {len(meta['kinds'])} kinds")
+    unknown = sorted(set(meta["kinds"]) - set(KINDS))
+    if unknown:
+        fail(f"unknown kinds {unknown} (known: {list(KINDS)})")
+
+
+def _check_tensors(tensors: dict[str, Tensor], meta: dict, tensor_file: Path, json_file: Path) -> None:
+    """Every tensor is present, of the right rank and dtype, and matches the positions and latents in the JSON."""
+
+    def fail(what: str):
+        raise ValueError(f"invalid trace {tensor_file}: {what}; re-save the trace with Trace.save")
+
+    missing = sorted(set(_TENSOR_FIELDS) - set(tensors))
+    if missing:
+        fail(f"missing tensors {missing}")
+    for name in _TENSOR_FIELDS:
+        rank = 2 if name in ("input_embeds", "latent_h", "latent_pred", "logits") else 1
+        floating = name != "token_ids"
+        tensor = tensors[name]
+        if tensor.dim() != rank or tensor.is_floating_point() != floating:
+            kind = "float" if floating else "integer"
+            fail(f"{name} must be a {rank}-D {kind} tensor, found {tensor.dtype} of shape {list(tensor.shape)}")
+    n, n_latent = len(meta["tokens"]), meta["kinds"].count("latent")
+    for name in _TENSOR_FIELDS:
+        expected = n_latent if name in ("latent_h", "latent_pred") else n
+        if tensors[name].shape[0] != expected:
+            what = "latent positions" if name in ("latent_h", "latent_pred") else "positions"
+            fail(f"{name} has {tensors[name].shape[0]} rows but {json_file.name} has {expected} {what}")
+    d_model = tensors["input_embeds"].shape[1]
+    for name in ("latent_h", "latent_pred"):
+        if tensors[name].shape[1] != d_model:
+            fail(f"{name} has width {tensors[name].shape[1]} but input_embeds has {d_model}")
 
 
 def confidence(logits: Float[Tensor, "... vocab"]) -> tuple[Float[Tensor, "..."], Float[Tensor, "..."]]:

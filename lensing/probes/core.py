@@ -273,7 +273,7 @@ def resolve_token(lm: LatentLM, token) -> int:
         if not 0 <= token < lm.model.get_output_embeddings().weight.shape[0]:
             raise ValueError(f"token id {token} is outside the vocabulary")
         return token
-    ids = lm.encode(token, add_bos=False) if token != "<thinking>" else [lm.thinking_id]
+    ids = lm.encode(token, add_bos=False, allow_special=True) if token != "<thinking>" else [lm.thinking_id]
     if len(ids) != 1:
         raise ValueError(f"target {token!r} is {len(ids)} tokens; give a single token")
     return ids[0]

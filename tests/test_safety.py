@@ -1,0 +1,246 @@
+"""Inputs and files that must not be misread: trace names and contents, generation inputs, checkpoint replacement."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import PROMPTS, make_tiny_lm
+from safetensors.torch import load_file, save_file
+
+from lensing.model import LatentLM, Trace
+
+
+@pytest.fixture
+def lm(tmp_path):
+    return make_tiny_lm(tmp_path / "tok")
+
+
+@pytest.fixture
+def saved(lm, tmp_path):
+    """A trace with latents saved as ``run.v1``: (trace, tensor file, json file)."""
+    trace = lm.generate(PROMPTS[2], max_new_tokens=30, force_latents=2)[0]
+    assert trace.n_latents >= 2
+    trace.save(tmp_path / "run.v1")
+    return trace, tmp_path / "run.v1.safetensors", tmp_path / "run.v1.json"
+
+
+def assert_same(a: Trace, b: Trace) -> None:
+    assert a.tokens == b.tokens and a.kinds == b.kinds and a.meta == b.meta
+    for name in ("token_ids", "input_embeds", "latent_h", "latent_pred", "logits", "max_prob", "entropy"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+
+
+# ------------------------------------------------------------------ trace files
+def test_trace_names_keep_everything_after_a_dot(lm, tmp_path):
+    one, two = lm.generate(PROMPTS[:2], max_new_tokens=10)
+    one.save(tmp_path / "run.v1")
+    two.save(tmp_path / "run.v2")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [
+        "run.v1.json",
+        "run.v1.safetensors",
+        "run.v2.json",
+        "run.v2.safetensors",
+    ]
+    assert_same(Trace.load(tmp_path / "run.v1"), one)
+    assert_same(Trace.load(tmp_path / "run.v2"), two)
+    # a known suffix the caller already gave names the same pair
+    assert_same(Trace.load(tmp_path / "run.v1.safetensors"), one)
+    assert_same(Trace.load(tmp_path / "run.v2.json"), two)
+
+
+def test_trace_save_leaves_no_temporary_files(saved, tmp_path):
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["run.v1.json", "run.v1.safetensors"]
+
+
+def test_trace_save_is_atomic(lm, saved, tmp_path, monkeypatch):
+    """A write that fails halfway leaves the previous files whole and no temporary file."""
+    trace, tensor_file, json_file = saved
+    before = tensor_file.read_bytes(), json_file.read_bytes()
+
+    def broken(tensors, filename):
+        Path(filename).write_bytes(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr("lensing.model.trace.save_file", broken)
+    with pytest.raises(OSError, match="disk full"):
+        lm.generate(PROMPTS[0], max_new_tokens=5)[0].save(tmp_path / "run.v1")
+    assert (tensor_file.read_bytes(), json_file.read_bytes()) == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["run.v1.json", "run.v1.safetensors"]
+
+
+def edit_json(path, edit):
+    meta = json.loads(path.read_text())
+    edit(meta)
+    path.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda m: m.pop("tokens"), r"missing keys \['tokens'\]"),
+        (lambda m: m.pop("meta"), r"missing keys \['meta'\]"),
+        (lambda m: m["tokens"].pop(), "tokens but .* kinds"),
+        (lambda m: m.update(tokens=[1] * len(m["tokens"])), "'tokens' must be a list of strings"),
+        (lambda m: m.update(kinds="prompt"), "'kinds' must be a list of strings"),
+        (lambda m: m.update(meta=[]), "'meta' must be an object"),
+        (lambda m: m["kinds"].__setitem__(0, "thought"), r"unknown kinds \['thought'\]"),
+        (lambda m: m.clear() or m.update(x=1), "missing keys"),
+    ],
+)
+def test_trace_json_edits_raise_value_error(saved, edit, message):
+    _, _, json_file = saved
+    edit_json(json_file, edit)
+    with pytest.raises(ValueError, match=message) as err:
+        Trace.load(json_file.with_suffix(""))
+    assert str(json_file) in str(err.value)
+
+
+def test_trace_json_not_an_object(saved):
+    _, _, json_file = saved
+    json_file.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="expected a JSON object, found list") as err:
+        Trace.load(json_file)
+    assert str(json_file) in str(err.value)
+
+
+def test_trace_latent_count_must_match_kinds(saved):
+    """Changing a latent kind to cot changes the positions' story but not latent_h: caught."""
+    trace, tensor_file, json_file = saved
+    edit_json(json_file, lambda m: m["kinds"].__setitem__(trace.latent_positions[0], "cot"))
+    with pytest.raises(ValueError, match=f"latent_h has {trace.n_latents} rows but run.v1.json has") as err:
+        Trace.load(tensor_file)
+    assert str(tensor_file) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda t: t.pop("logits"), r"missing tensors \['logits'\]"),
+        (lambda t: t.update(token_ids=t["token_ids"][:-1]), "token_ids has .* rows but run.v1.json has"),
+        (lambda t: t.update(input_embeds=t["input_embeds"][1:]), "input_embeds has .* rows"),
+        (lambda t: t.update(logits=t["logits"][:-2]), "logits has .* rows"),
+        (lambda t: t.update(gold_prob=t["gold_prob"][:-1]), "gold_prob has .* rows"),
+        (lambda t: t.update(latent_h=t["latent_h"][1:]), "latent_h has .* rows but .* latent positions"),
+        (lambda t: t.update(latent_pred=t["latent_pred"][:, :3]), "latent_pred has width 3"),
+        (lambda t: t.update(token_ids=t["token_ids"].float()), "token_ids must be a 1-D integer tensor"),
+        (lambda t: t.update(logits=t["logits"][0]), "logits must be a 2-D float tensor"),
+    ],
+)
+def test_trace_tensor_edits_raise_value_error(saved, edit, message):
+    _, tensor_file, _ = saved
+    tensors = load_file(str(tensor_file))
+    edit(tensors)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tensor_file))
+    with pytest.raises(ValueError, match=message) as err:
+        Trace.load(tensor_file.with_suffix(""))
+    assert str(tensor_file) in str(err.value)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "delete"])
+def test_trace_broken_safetensors_raise_value_error(saved, damage):
+    _, tensor_file, _ = saved
+    data = tensor_file.read_bytes()
+    if damage == "truncate":
+        tensor_file.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage":
+        tensor_file.write_bytes(b"\x00garbage" * 10)
+    else:
+        tensor_file.unlink()
+    with pytest.raises(ValueError, match="cannot read trace") as err:
+        Trace.load(tensor_file.with_suffix(""))
+    assert str(tensor_file) in str(err.value)
+
+
+def test_trace_broken_json_raises_value_error(saved):
+    _, _, json_file = saved
+    json_file.write_text('{"tokens": [')
+    with pytest.raises(ValueError, match="cannot read trace") as err:
+        Trace.load(json_file.with_suffix(""))
+    assert str(json_file) in str(err.value)
+
+
+# ------------------------------------------------------------ generation inputs
+@torch.no_grad()
+def test_each_prompt_gets_its_own_budget(lm):
+    """A long prompt near the 96-token context does not cut a short prompt's answer, and batching changes nothing."""
+    long_prompt = "a=1;" * 20 + "a?\n"  # 83 characters + BOS = 84 tokens: 12 left
+    edge_prompt = "1" * 94  # 95 tokens: 1 left
+    prompts = [PROMPTS[0], long_prompt, edge_prompt, PROMPTS[2]]
+    batched = lm.generate(prompts, max_new_tokens=40)
+    assert [len(t) for t in batched][1:3] == [96, 96]  # the long ones run up to the context and stop
+    assert len(batched[0]) - batched[0].prompt_length == 40  # the short one was not cut at 12 (precondition: no EOS)
+    for prompt, b in zip(prompts, batched, strict=True):
+        single = lm.generate(prompt, max_new_tokens=40)[0]
+        assert single.tokens == b.tokens and single.kinds == b.kinds
+        torch.testing.assert_close(single.logits, b.logits, atol=1e-5, rtol=0)
+        torch.testing.assert_close(single.input_embeds, b.input_embeds, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("token", ["<thinking>", "</s>", "<s>", "<pad>", "<unk>"])
+def test_special_token_text_in_prompt_is_rejected(lm, token):
+    prompt = f"a=1;{token}b?\n"
+    with pytest.raises(ValueError, match="contains special token") as err:
+        lm.generate(["a=1;a?\n", prompt])
+    assert repr(token) in str(err.value) and repr(prompt) in str(err.value)
+    with pytest.raises(ValueError, match="contains special token"):
+        lm.encode(prompt)
+
+
+def test_special_token_text_allowed_when_asked(lm):
+    assert lm.encode("</s>", add_bos=False, allow_special=True) == [lm.tokenizer.eos_token_id]
+    assert lm.encode("<thinking>", add_bos=False, allow_special=True) == [lm.thinking_id]
+
+
+def test_empty_prompt_is_rejected(lm):
+    with pytest.raises(ValueError, match=r"prompt\(s\) \[1\] are empty"):
+        lm.generate([PROMPTS[0], ""])
+
+
+@pytest.mark.parametrize("n", [0, -3])
+def test_max_new_tokens_below_one_is_rejected(lm, n):
+    with pytest.raises(ValueError, match=f"max_new_tokens must be at least 1, got {n}"):
+        lm.generate(PROMPTS[0], max_new_tokens=n)
+
+
+# --------------------------------------------------------- checkpoint replacement
+def state(model: LatentLM) -> dict:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def assert_state(model: LatentLM, expected: dict) -> None:
+    got = model.state_dict()
+    assert got.keys() == expected.keys() and all(torch.equal(got[k], v) for k, v in expected.items())
+
+
+def test_checkpoint_replacement_leaves_only_the_new_one(tmp_path):
+    old, new = make_tiny_lm(tmp_path / "tok", seed=0), make_tiny_lm(tmp_path / "tok", seed=1)
+    old.save_pretrained(tmp_path / "ckpt", extra={"stage": 1})
+    new.save_pretrained(tmp_path / "ckpt", extra={"stage": 2})
+    loaded = LatentLM.from_pretrained(tmp_path / "ckpt")
+    assert loaded.meta["stage"] == 2
+    assert_state(loaded, state(new))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "tok"]
+
+
+def test_failed_final_rename_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    old, new = make_tiny_lm(tmp_path / "tok", seed=0), make_tiny_lm(tmp_path / "tok", seed=1)
+    target = tmp_path / "ckpt"
+    old.save_pretrained(target, extra={"stage": 1})
+    files = {p.name: p.read_bytes() for p in target.iterdir()}
+    rename = Path.rename
+
+    def killed(self, dest):
+        if Path(dest) == target and self.name.startswith(".ckpt.") and not self.name.endswith(".old"):
+            raise OSError("killed during the final rename")
+        return rename(self, dest)
+
+    monkeypatch.setattr(Path, "rename", killed)
+    with pytest.raises(OSError, match="killed during the final rename"):
+        new.save_pretrained(target, extra={"stage": 2})
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == files
+    loaded = LatentLM.from_pretrained(target)
+    assert loaded.meta["stage"] == 1
+    assert_state(loaded, state(old))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "tok"]
