@@ -466,6 +466,8 @@ class LatentLM(nn.Module):
                 directory, dtype=dtype or torch.float32, attn_implementation=meta.get("attn_implementation", "sdpa")
             )
             tokenizer = AutoTokenizer.from_pretrained(str(directory))
+        except CheckpointError:  # already names the checkpoint and what is wrong
+            raise
         except (OSError, ValueError, SafetensorError, json.JSONDecodeError) as err:
             raise CheckpointError(f"checkpoint {directory} is corrupt or incomplete: {err}") from err
         rows = model.get_input_embeddings().num_embeddings
