@@ -10,6 +10,7 @@ from safetensors.torch import load_file, save_file
 
 import lensing
 from lensing.model import LatentLM, Trace
+from lensing.zoo.real import load_hf_directory
 
 
 @pytest.fixture
@@ -288,4 +289,152 @@ def test_damaged_checkpoints_refuse_to_load(tmp_path, damage, message):
     # the same weights as a plain Hugging Face directory are refused too
     (path / "lensing.json").unlink()
     with pytest.raises(CheckpointError, match=message):
+        load_hf_directory(path)
+
+
+def test_lensing_checkpoint_without_its_metadata_is_not_loaded_as_a_plain_model(tmp_path):
+    """Without lensing.json the latent settings are unknown: loading must stop, not fall back to defaults."""
+    from lensing.model.latent_lm import CheckpointError
+
+    path = _copy_bundled(tmp_path)
+    (path / "lensing.json").unlink()
+    with pytest.raises(CheckpointError, match=r"looks like a lensing checkpoint .*lensing\.json is missing") as err:
         lensing.load(path)
+    assert str(path) in str(err.value)
+    # the escape hatch the message names works, with the settings the caller gives
+    lm = load_hf_directory(path, config=lensing.LatentConfig(mode="hidden"))
+    assert lm.config.mode == "hidden"
+
+
+def test_latent_layer_must_exist_in_the_model(lm):
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match=r"LatentConfig.layer=99 does not exist: this model has 3 hidden states"):
+        lm.config = replace(lm.config, layer=99)
+    assert lm.config.layer == -2  # unchanged
+    with pytest.raises(ValueError, match="layer=-4 does not exist"):
+        LatentLM(lm.model, lm.tokenizer, replace(lm.config, layer=-4))
+
+
+# ------------------------------------------------------------------ training runs
+class Interrupt(KeyboardInterrupt):
+    pass
+
+
+def _interrupt_at(monkeypatch, call: int) -> None:
+    """Raises Ctrl-C at the ``call``-th optimiser step of the whole curriculum (as a user would)."""
+    from lensing.train import curriculum
+
+    real, calls = curriculum.lr_at, []
+
+    def lr_at(*args):
+        calls.append(1)
+        if len(calls) == call:
+            raise Interrupt
+        return real(*args)
+
+    monkeypatch.setattr(curriculum, "lr_at", lr_at)
+
+
+def _weights(folder: Path) -> dict:
+    return {stage: LatentLM.from_pretrained(folder / stage).state_dict() for stage in ("cot", "hidden", "lt")}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    from lensing.train import PRESETS, run_curriculum
+
+    out = tmp_path_factory.mktemp("runs") / "whole"
+    records = run_curriculum(PRESETS["smoke"], out, log=lambda m: None, checkpoint_every=10)
+    return out, records
+
+
+@pytest.mark.parametrize("call", [25, 33], ids=["inside-stage-1", "inside-stage-2"])
+def test_interrupted_training_resumes_to_the_same_weights(uninterrupted, tmp_path, monkeypatch, call):
+    from lensing.train import PRESETS, run_curriculum
+    from lensing.train.runs import RESUME_DIR
+
+    whole, whole_records = uninterrupted
+    out = tmp_path / "run"
+    _interrupt_at(monkeypatch, call)
+    with pytest.raises(Interrupt):
+        run_curriculum(PRESETS["smoke"], out, log=lambda m: None, checkpoint_every=10)
+    monkeypatch.undo()
+    finished = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    # stage 1 has 30 steps: step 25 leaves a periodic checkpoint at 20 and no finished stage;
+    # step 33 is inside stage 2, after cot/ was written
+    assert finished == (["run.json"] if call == 25 else ["cot", "run.json"])
+    assert (out / RESUME_DIR / "state.json").is_file() == (call == 25)
+    if call == 25:  # the periodic checkpoint is not a model directory
+        with pytest.raises(ValueError, match="config.json is missing"):
+            lensing.load(out / RESUME_DIR)
+    # without --resume the folder is refused before any work
+    with pytest.raises(ValueError, match=r"not empty .*continue it with --resume"):
+        run_curriculum(PRESETS["smoke"], out, log=lambda m: None)
+    records = run_curriculum(PRESETS["smoke"], out, log=lambda m: None, checkpoint_every=10, resume=True)
+    for stage, state in _weights(out).items():
+        reference = _weights(whole)[stage]
+        assert state.keys() == reference.keys()
+        assert all(torch.equal(state[k], reference[k]) for k in state), stage
+        assert records[stage]["training"]["losses"] == whole_records[stage]["training"]["losses"]
+    assert not (out / RESUME_DIR).exists()
+    assert json.loads((out / "run.json").read_text())["complete"] is True
+
+
+def test_resume_with_other_settings_is_refused(uninterrupted, tmp_path):
+    from dataclasses import replace
+
+    from lensing.train import PRESETS, run_curriculum
+
+    whole, _ = uninterrupted
+    before = {p.name: p.stat().st_mtime_ns for p in whole.iterdir()}
+    with pytest.raises(ValueError, match=r"different settings \(train_config.seed: run has 0, now 1\)"):
+        run_curriculum(replace(PRESETS["smoke"], seed=1), whole, log=lambda m: None, resume=True)
+    assert {p.name: p.stat().st_mtime_ns for p in whole.iterdir()} == before
+
+
+def test_training_refuses_a_folder_with_a_users_file(tmp_path):
+    from lensing.train import PRESETS, run_curriculum
+
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"not empty \(holds notes.txt\): it is not a lensing run"):
+        run_curriculum(PRESETS["smoke"], tmp_path, log=lambda m: None)
+    with pytest.raises(ValueError, match="cannot resume .* no run.json"):
+        run_curriculum(PRESETS["smoke"], tmp_path, log=lambda m: None, resume=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_overwrite_starts_over_and_keeps_other_files(uninterrupted, tmp_path):
+    import shutil
+    from dataclasses import replace
+
+    from lensing.train import PRESETS, run_curriculum
+
+    whole, _ = uninterrupted
+    out = tmp_path / "run"
+    shutil.copytree(whole, out)
+    (out / "notes.txt").write_text("mine")
+    old_id = json.loads((out / "run.json").read_text())["run_id"]
+    cfg = replace(PRESETS["smoke"], steps=(5, 2, 2))
+    run_curriculum(cfg, out, log=lambda m: None, overwrite=True)
+    run = json.loads((out / "run.json").read_text())
+    assert run["run_id"] != old_id and run["complete"] and run["stages_done"] == ["cot", "hidden", "lt"]
+    assert (out / "notes.txt").read_text() == "mine"
+    for stage in ("cot", "hidden", "lt"):
+        meta = json.loads((out / stage / "lensing.json").read_text())
+        assert meta["run_id"] == run["run_id"] and meta["record"]["training"]["steps"] == cfg.steps[meta["stage"] - 1]
+
+
+def test_a_stage_from_another_run_is_refused_on_resume(uninterrupted, tmp_path):
+    import shutil
+
+    from lensing.train import PRESETS, run_curriculum
+
+    whole, _ = uninterrupted
+    out = tmp_path / "run"
+    shutil.copytree(whole, out)
+    meta = json.loads((out / "hidden" / "lensing.json").read_text())
+    meta["run_id"] = "someone-else"
+    (out / "hidden" / "lensing.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"hidden belongs to another run \(someone-else\)"):
+        run_curriculum(PRESETS["smoke"], out, log=lambda m: None, resume=True)

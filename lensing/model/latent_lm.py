@@ -97,6 +97,21 @@ class LatentLM(nn.Module):
 
     # ----------------------------------------------------------------- basics
     @property
+    def config(self) -> LatentConfig:
+        return self._config
+
+    @config.setter
+    def config(self, config: LatentConfig) -> None:
+        """Checked against the model: ``layer`` must index one of its hidden states."""
+        n_states = self.model.config.num_hidden_layers + 1  # Hugging Face's hidden_states: embeddings, then each block
+        if not -n_states <= config.layer < n_states:
+            raise ValueError(
+                f"LatentConfig.layer={config.layer} does not exist: this model has {n_states} hidden states "
+                f"(give an index in [{-n_states}, {n_states - 1}]; -1 is after the final norm)"
+            )
+        self._config = config
+
+    @property
     def d_model(self) -> int:
         return self.model.get_input_embeddings().embedding_dim
 
@@ -307,6 +322,7 @@ class LatentLM(nn.Module):
         max_new_tokens: int = 128,
         meta: list[dict] | None = None,
         force_latents: int = 0,
+        intervention=None,
     ) -> list[Trace]:
         """Batched greedy generation with the KV cache; a latent is fed whenever argmax is `<thinking>`.
 
@@ -317,6 +333,13 @@ class LatentLM(nn.Module):
         k generated positions latents whatever the argmax (Coconut's "forcing k thoughts"), so every
         sample has a chain of exactly k latents to compare. Returns one :class:`Trace` per prompt
         holding the prompt and every generated position.
+
+        ``intervention`` (default None: no call, no cost) is an object with two methods, called
+        at every step (see ``lensing.interventions``): ``tokens(step, token, logits)`` returns the
+        ``[batch]`` token ids to feed (it may turn `<thinking>` decisions on or off), and
+        ``latents(step, latent, h, e_pred, is_latent)`` returns the ``[batch, d_model]`` latent
+        input vectors to feed at rows where ``is_latent`` (called only when some row thinks).
+        The trace records what was fed.
         """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts:
@@ -352,6 +375,8 @@ class LatentLM(nn.Module):
         for step in range(int(budgets.max())):
             finished = finished | (budgets <= step)
             token = last_logits.argmax(-1) if step >= force_latents else torch.full_like(last_pos, self.thinking_id)
+            if intervention is not None:
+                token = intervention.tokens(step, token, last_logits)
             token = torch.where(finished, self._pad_id, token)
             lengths += (~finished).long().cpu()
             emb = self.embed(token)
@@ -359,6 +384,8 @@ class LatentLM(nn.Module):
             h_part = pred_part = torch.zeros_like(emb)
             if is_lat.any():
                 latent, e_pred = self.latent_embedding(last_h, last_logits)
+                if intervention is not None:
+                    latent = intervention.latents(step, latent, last_h, e_pred, is_lat[:, 0])
                 emb = torch.where(is_lat, latent.to(emb.dtype), emb)
                 h_part, pred_part = torch.where(is_lat, last_h, 0), torch.where(is_lat, e_pred, 0)
             finished = finished | (token == eos)

@@ -24,6 +24,7 @@ from lensing.tasks import ANSWER_MARKER, build_char_tokenizer, make_splits
 from lensing.tasks.tokenizer import save_and_reload
 from lensing.train.data import Example, collate, encode_problems, insert_latents
 from lensing.train.evaluate import evaluate
+from lensing.train.runs import TOKENIZER_DIR, RunFolder
 
 STAGES = (("cot", "fusion"), ("hidden", "hidden"), ("lt", "fusion"))
 
@@ -109,12 +110,24 @@ def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
 
 
 def train_stage(
-    lm: LatentLM, examples: list[Example], steps: int, lr: float, cfg: TrainConfig, seed: int, desc: str
+    lm: LatentLM,
+    examples: list[Example],
+    steps: int,
+    lr: float,
+    cfg: TrainConfig,
+    seed: int,
+    desc: str,
+    run: RunFolder | None = None,
+    stage: str = "",
+    checkpoint_every: int = 0,
 ) -> list[float]:
     """AdamW (fresh) on random batches of one difficulty each; returns the loss of every step.
 
     Drawing each batch from a single difficulty keeps padding low and lines up latent
-    positions across the batch, so the latent forward needs fewer segments.
+    positions across the batch, so the latent forward needs fewer segments. With a ``run``,
+    every ``checkpoint_every`` steps the model, optimiser and batch sampler are saved to its
+    ``.resume/`` and a later call continues from there, giving the same weights as an
+    uninterrupted stage.
     """
     lm.train()
     params = [p for p in lm.parameters() if p.requires_grad]
@@ -124,8 +137,8 @@ def train_stage(
     for e in examples:
         by_steps.setdefault(e.problem.steps, []).append(e)
     buckets = [by_steps[k] for k in sorted(by_steps)]
-    losses = []
-    bar = tqdm(range(steps), desc=desc, file=sys.stderr, mininterval=2.0)
+    start, losses = run.load_progress(stage, lm, optimizer, rng) if run is not None else (0, [])
+    bar = tqdm(range(start, steps), desc=desc, file=sys.stderr, mininterval=2.0, initial=start, total=steps)
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, steps, lr, cfg.warmup)
@@ -139,6 +152,8 @@ def train_stage(
         losses.append(loss.item())
         if step % 20 == 0:
             bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}")
+        if run is not None and checkpoint_every > 0 and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+            run.save_progress(stage, step + 1, lm, optimizer, rng, losses)
     lm.eval()
     return losses
 
@@ -151,19 +166,28 @@ def run_curriculum(
     log=print,
     base: str | None = None,
     dtype: torch.dtype | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    checkpoint_every: int = 200,
 ) -> dict[str, dict]:
     """Trains all three stages and writes ``out/cot``, ``out/hidden`` and ``out/lt``; returns the records.
 
     Without ``base`` the model is a fresh Llama of the config's size with a character tokenizer;
     with ``base`` (a name or directory :func:`lensing.load` accepts) a pretrained model is tuned.
+    ``out`` must be empty or absent, unless ``overwrite`` (start over) or ``resume`` (continue
+    an interrupted run with the same settings from its last finished stage and its last periodic
+    checkpoint, every ``checkpoint_every`` steps); this is checked before any work.
     """
-    out = Path(out)
+    settings = {"train_config": cfg.to_dict(), "base": base, "dtype": str(dtype) if dtype else None}
+    run = RunFolder.open(out, settings, tuple(name for name, _ in STAGES), resume=resume, overwrite=overwrite)
+    out = run.path
+    if run.stages_done:
+        log(f"resuming run {run.run_id} in {out}: finished stages {', '.join(run.stages_done)}")
     torch.manual_seed(cfg.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
     splits = make_splits(cfg.n_train, cfg.n_val, cfg.n_test, seed=cfg.seed)
-    out.mkdir(parents=True, exist_ok=True)
     if base is None:
-        lm = build_model(cfg, out / ".tokenizer").to(device)
+        lm = build_model(cfg, out / TOKENIZER_DIR).to(device)
     else:
         from lensing.zoo import load
 
@@ -172,6 +196,10 @@ def run_curriculum(
     plain = encode_problems(lm, splits.train)
     examples, records = plain, {}
     for index, (name, mode) in enumerate(STAGES):
+        if name in run.stages_done:
+            lm = LatentLM.from_pretrained(out / name, device=device, dtype=dtype)
+            records[name] = lm.meta["record"]
+            continue
         if index > 0:
             t0 = time.time()
             examples = insert_latents(lm, plain, seed=cfg.seed + index)
@@ -181,7 +209,16 @@ def run_curriculum(
         lm.config = replace(lm.config, mode=mode)
         t0 = time.time()
         losses = train_stage(
-            lm, examples, cfg.steps[index], cfg.lr[index], cfg, cfg.seed + 100 * index, f"stage {index + 1} ({name})"
+            lm,
+            examples,
+            cfg.steps[index],
+            cfg.lr[index],
+            cfg,
+            cfg.seed + 100 * index,
+            f"stage {index + 1} ({name})",
+            run=run,
+            stage=name,
+            checkpoint_every=checkpoint_every,
         )
         wall = time.time() - t0
         result = evaluate(lm, splits.val)
@@ -205,6 +242,15 @@ def run_curriculum(
         }
         lm.save_pretrained(
             out / name,
-            extra={"stage": index + 1, "variant": name, "task": "arith", "base": base, "record": records[name]},
+            extra={
+                "stage": index + 1,
+                "variant": name,
+                "task": "arith",
+                "base": base,
+                "run_id": run.run_id,
+                "record": records[name],
+            },
         )
+        run.mark_finished(name)
+    run.write(complete=True)
     return records
