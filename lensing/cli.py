@@ -1,4 +1,8 @@
-"""The ``lensing`` command: train, eval and trace."""
+"""The ``lensing`` command: train, eval, trace, collapse, trails and figures.
+
+Arguments are checked before any work; a problem the user can fix prints one line
+``lensing <command>: <what is wrong and what to do>`` and exits non-zero.
+"""
 
 from __future__ import annotations
 
@@ -13,18 +17,24 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from lensing.train import PRESETS, run_curriculum
 
     if args.task != "arith":
-        raise SystemExit(f"unknown task {args.task!r}; available: arith")
+        raise ValueError(f"unknown task {args.task!r}; available: arith")
     import torch
 
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     if args.dtype not in dtypes:
-        raise SystemExit(f"unknown dtype {args.dtype!r}; available: {', '.join(dtypes)}")
+        raise ValueError(f"unknown dtype {args.dtype!r}; available: {', '.join(dtypes)}")
     preset = args.preset or ("base" if args.base else "tiny")
     if preset not in PRESETS:
-        raise SystemExit(f"unknown preset {preset!r}; available: {', '.join(PRESETS)}")
+        raise ValueError(f"unknown preset {preset!r}; available: {', '.join(PRESETS)}")
     cfg = replace(PRESETS[preset], seed=args.seed)
     if args.steps:
-        cfg = replace(cfg, steps=tuple(int(x) for x in args.steps.split(",")))
+        try:
+            steps = tuple(int(x) for x in args.steps.split(","))
+        except ValueError:
+            raise ValueError(f"--steps {args.steps!r}: give three whole numbers, e.g. 600,300,300") from None
+        if len(steps) != 3 or min(steps) < 1:
+            raise ValueError(f"--steps {args.steps!r}: give three positive step counts, one per stage")
+        cfg = replace(cfg, steps=steps)
     command = "lensing " + " ".join(sys.argv[1:])
     records = run_curriculum(
         cfg,
@@ -34,6 +44,9 @@ def _cmd_train(args: argparse.Namespace) -> None:
         base=args.base,
         dtype=dtypes[args.dtype],
         log=lambda m: print(m, file=sys.stderr),
+        resume=args.resume,
+        overwrite=args.overwrite,
+        checkpoint_every=args.checkpoint_every,
     )
     for name, rec in records.items():
         print(f"{name}: val accuracy {rec['eval']['accuracy']:.1f}%  ({rec['training']['wall_time_s']:.0f}s)")
@@ -83,18 +96,70 @@ def _cmd_trace(args: argparse.Namespace) -> None:
 def _test_problems(n: int, steps: int | None = None, seed: int = 0):
     from lensing.tasks import MAX_STEPS, make_splits
 
-    if n <= 0:
-        raise ValueError(f"--n must be positive, got {n}")
     if steps is None:
         return make_splits(0, 0, -(-n // MAX_STEPS), seed=seed).test[:n]
     return make_splits(0, 0, n, seed=seed, difficulties=(steps,)).test
 
 
 def _write_table(table, out: str | None, stem: str) -> None:
+    """``stem.csv`` and ``stem.json`` in ``out``, each written to a temporary name and renamed."""
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
-        table.to_csv(Path(out) / f"{stem}.csv", index=False)
-        table.to_json(Path(out) / f"{stem}.json", orient="records", indent=1)
+        for suffix, write in (
+            ("csv", lambda f: table.to_csv(f, index=False)),
+            ("json", lambda f: table.to_json(f, orient="records", indent=1)),
+        ):
+            target = Path(out) / f"{stem}.{suffix}"
+            tmp = target.with_name(f".{target.name}.tmp")
+            write(tmp)
+            tmp.replace(target)
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts: a clear message for 0, negatives and non-numbers."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def check_device(name: str) -> str:
+    """A device torch can use here; names the fix for a typo or a missing GPU."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device; use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: CUDA is not available (this torch build or machine has no GPU); use cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {name}: MPS is not available here; use cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {name}: lensing runs on cpu, cuda or mps")
+    return name
+
+
+def check_output_dir(path: str) -> None:
+    """``path`` is a folder that exists or can be created, and is writable: checked before the work."""
+    import tempfile
+
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"--out {path} is a file; give a folder")
+    existing = target
+    while not existing.exists():
+        existing = existing.parent
+    try:  # a real write: permission bits say nothing for root or read-only mounts
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as err:
+        raise ValueError(f"--out {path}: cannot write in {existing} ({err.strerror}); choose another folder") from None
 
 
 def _cmd_collapse(args: argparse.Namespace) -> None:
@@ -196,6 +261,18 @@ def _cmd_figures(args: argparse.Namespace) -> None:
         print(f"updated the generated result blocks in {readme}")
 
 
+def _validate(args: argparse.Namespace) -> None:
+    """Arguments checked before any work starts."""
+    if getattr(args, "device", None) is not None:
+        check_device(args.device)
+    if getattr(args, "out", None):
+        check_output_dir(args.out)
+
+
+# what a user can cause and fix: one line, no traceback (anything else is a bug and keeps its traceback)
+USER_ERRORS = (ValueError, OSError, ModuleNotFoundError)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="lensing", description="Look inside latent-reasoning language models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -204,57 +281,73 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--task", default="arith")
     p.add_argument("--preset", default=None, help="tiny (default), smoke, or base (default with --base)")
     p.add_argument("--base", default=None, help="pretrained model to tune instead of a fresh tiny Llama")
-    p.add_argument("--out", required=True)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", required=True, help="run folder (must be empty unless --resume or --overwrite)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16")
     p.add_argument("--steps", default=None, help="override steps per stage, e.g. 600,300,300")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed for data, initialisation and batch order")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.add_argument("--overwrite", action="store_true", help="start over, removing the run already in --out")
+    p.add_argument(
+        "--checkpoint-every", type=positive_int, default=200, help="steps between periodic checkpoints in a stage"
+    )
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="accuracy and latent counts by difficulty on the test split")
     p.add_argument("model")
-    p.add_argument("--n", type=int, default=100, help="problems per difficulty")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--n", type=positive_int, default=100, help="problems per difficulty")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("trace", help="generate for one question and show latents and confidence")
     p.add_argument("model")
     p.add_argument("question")
-    p.add_argument("--max-new-tokens", type=int, default=160)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--max-new-tokens", type=positive_int, default=160, help="generation budget")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     p.set_defaults(func=_cmd_trace)
 
     p = sub.add_parser("collapse", help="feature-collapse and distribution-mismatch metrics for two models")
     p.add_argument("--before", default="arith-tiny:hidden")
     p.add_argument("--after", default="arith-tiny")
     p.add_argument("--text-before", default="arith-tiny:cot", help="model to compare on text positions")
-    p.add_argument("--n", type=int, default=300, help="test problems (all difficulties)")
-    p.add_argument("--latents", type=int, default=6, help="length of the forced latent chain")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--n", type=positive_int, default=300, help="test problems (all difficulties)")
+    p.add_argument("--latents", type=positive_int, default=6, help="length of the forced latent chain")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.add_argument("--out", help="directory for collapse.csv and collapse.json")
     p.set_defaults(func=_cmd_collapse)
 
     p = sub.add_parser("trails", help="depth, chain and attribution trails grouped by reasoning structure")
     p.add_argument("model")
-    p.add_argument("--steps", type=int, default=3, help="problem difficulty (one, so chains align)")
-    p.add_argument("--n", type=int, default=200)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--steps", type=positive_int, default=3, help="problem difficulty (one, so chains align)")
+    p.add_argument("--n", type=positive_int, default=200, help="test problems")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.add_argument("--out", help="directory for trails.csv and trails.json")
     p.set_defaults(func=_cmd_trails)
 
     p = sub.add_parser("figures", help="regenerate every paper figure from the bundled models")
-    p.add_argument("--model", default="arith-tiny")
-    p.add_argument("--out", default="figures")
-    p.add_argument("--formats", default="png,svg,pdf,html")
+    p.add_argument("--model", default="arith-tiny", help="bundled name or checkpoint folder")
+    p.add_argument("--out", default="figures", help="folder for the figures (only files lensing wrote are replaced)")
+    p.add_argument("--formats", default="png,svg,pdf,html", help="comma-separated: png, svg, pdf, html")
     p.add_argument("--readme", help="README whose generated result blocks are rewritten from this run's numbers")
     p.set_defaults(func=_cmd_figures)
 
     args = parser.parse_args(argv)
     try:
+        _validate(args)
         args.func(args)
-    except ValueError as err:  # bad input: say what is wrong, no traceback
-        raise SystemExit(f"lensing {args.command}: {err}") from err
+    except KeyboardInterrupt:
+        hint = "; finished stages are kept, continue with --resume" if args.command == "train" else ""
+        print(f"lensing {args.command}: interrupted, nothing half-written{hint}", file=sys.stderr)
+        raise SystemExit(130) from None
+    except USER_ERRORS as err:
+        raise SystemExit(f"lensing {args.command}: {_one_line(err)}") from None
+
+
+def _one_line(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.filename is not None:
+        return f"{err.strerror or err}: {err.filename}"
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 if __name__ == "__main__":

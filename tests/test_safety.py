@@ -438,3 +438,86 @@ def test_a_stage_from_another_run_is_refused_on_resume(uninterrupted, tmp_path):
     (out / "hidden" / "lensing.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match=r"hidden belongs to another run \(someone-else\)"):
         run_curriculum(PRESETS["smoke"], out, log=lambda m: None, resume=True)
+
+
+# ------------------------------------------------------------------ threads
+def test_probes_from_several_threads_match_one_thread(lm):
+    from concurrent.futures import ThreadPoolExecutor
+
+    probe = lensing.attach(lm)
+    traces = lm.generate(PROMPTS[:3], max_new_tokens=20, force_latents=1)
+    alone = [probe.logit_lens(t).stats.entropy for t in traces]
+    with ThreadPoolExecutor(3) as pool:
+        together = list(pool.map(lambda t: probe.logit_lens(t).stats.entropy, traces * 4))
+    for i, result in enumerate(together):
+        assert torch.equal(result, alone[i % 3])
+    assert all(len(h) == 0 for h in (hp._forward_hooks for hp in probe.bridge.hook_dict.values()))
+
+
+# ------------------------------------------------------------------ command line
+def _lensing(*args, tmp_path, timeout=120):
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "lensing.cli", *args], capture_output=True, text=True, timeout=timeout, cwd=tmp_path
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["eval", "arith-tiny", "--device", "banana"], "lensing eval: --device 'banana' is not a device"),
+        (["eval", "arith-tiny", "--device", "cuda:7"], "lensing eval: --device cuda:7: "),
+        (["eval", "no-such-model"], "lensing eval: unknown model 'no-such-model'"),
+        (["trace", "arith-tiny", "a=1</s>"], r"lensing trace: text 'a=1</s>\\n' contains special token"),
+        (["collapse", "--out", "notes.txt"], "lensing collapse: --out notes.txt is a file; give a folder"),
+        (["train", "--out", "run", "--steps", "1,2"], "lensing train: --steps '1,2': give three positive step counts"),
+        (["train", "--out", "run", "--task", "hops9"], "lensing train: unknown task 'hops9'"),
+        (["train", "--out", "busy"], r"lensing train: --out busy is not empty \(holds mine.txt\)"),
+        (["eval", "damaged"], "lensing eval: .*damaged.* looks like a lensing checkpoint"),
+    ],
+)
+def test_cli_errors_are_one_line(tmp_path, args, message):
+    import re
+    import shutil
+
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "mine.txt").write_text("mine")
+    shutil.copytree(lensing.zoo.BUNDLED_DIR / "arith-tiny" / "cot", tmp_path / "damaged")
+    (tmp_path / "damaged" / "lensing.json").unlink()
+    result = _lensing(*args, tmp_path=tmp_path)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert re.match(message, last), result.stderr
+    assert "Traceback" not in result.stderr
+    assert (tmp_path / "notes.txt").read_text() == "mine" and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("count", ["0", "-2", "many"])
+def test_cli_counts_must_be_positive(tmp_path, count):
+    result = _lensing("eval", "arith-tiny", "--n", count, tmp_path=tmp_path)
+    assert result.returncode == 2 and "argument --n: " in result.stderr and "Traceback" not in result.stderr
+
+
+def test_ctrl_c_prints_one_line_and_leaves_no_partial_file(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lensing.cli", "collapse", "--n", "300", "--out", "tables"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(8)  # past start-up, inside the computation
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert err.strip().splitlines()[-1] == "lensing collapse: interrupted, nothing half-written"
+    assert "Traceback" not in err
+    assert not (tmp_path / "tables").exists() or not any((tmp_path / "tables").iterdir())

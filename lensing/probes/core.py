@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -89,7 +90,8 @@ class Probe:
 
     The bridge is booted on a shadow copy of the model that shares its weights (see
     :func:`shadow_copy`), so attaching never alters ``lm``; every hook a probe adds lives on the
-    shadow and is removed when the call returns, also on error.
+    shadow and is removed when the call returns, also on error. Calls from several threads are
+    safe: hooked forwards on the shared bridge take turns (a lock), the read-outs run in parallel.
     """
 
     def __init__(self, lm: LatentLM) -> None:
@@ -106,6 +108,7 @@ class Probe:
         )
         self.bridge.eval()
         self.tuned_lens = None
+        self._forward_lock = threading.Lock()  # the bridge's hook points hold per-call state
 
     # --------------------------------------------------------------- model facts
     @property
@@ -149,12 +152,13 @@ class Probe:
         else:
             wanted = set(names)
             keep = wanted.__contains__
-        logits, cache = self.bridge.run_with_cache(
-            batch.embeds,
-            attention_mask=batch.mask,
-            position_ids=batch.positions,
-            names_filter=keep,
-        )
+        with self._forward_lock:
+            logits, cache = self.bridge.run_with_cache(
+                batch.embeds,
+                attention_mask=batch.mask,
+                position_ids=batch.positions,
+                names_filter=keep,
+            )
         return logits, cache, batch
 
     def resid_names(self) -> list[str]:
