@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPTS = ("bench_model.py", "bench_probes.py", "bench_metrics.py")
+SCRIPTS = ("bench_model.py", "bench_probes.py", "bench_metrics.py", "bench_interventions.py")
 
 
 def main() -> int:
