@@ -14,27 +14,37 @@ from pathlib import Path
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
+    from lensing.tasks import get as get_task
     from lensing.train import PRESETS, run_curriculum
+    from lensing.train.curriculum import stage_plan
 
-    if args.task != "arith":
-        raise ValueError(f"unknown task {args.task!r}; available: arith")
+    task = get_task(args.task)
     import torch
 
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     if args.dtype not in dtypes:
         raise ValueError(f"unknown dtype {args.dtype!r}; available: {', '.join(dtypes)}")
-    preset = args.preset or ("base" if args.base else "tiny")
+    preset = args.preset or ("base" if args.base else task.name if task.name in PRESETS else "tiny")
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; available: {', '.join(PRESETS)}")
-    cfg = replace(PRESETS[preset], seed=args.seed)
+    cfg = replace(PRESETS[preset], seed=args.seed, task=task.name)
+    if args.curriculum:
+        cfg = replace(cfg, curriculum=args.curriculum)
+    if args.latent_kind:
+        cfg = replace(cfg, latent_kind=args.latent_kind)
+    if args.latents_per_step:
+        cfg = replace(cfg, latents_per_step=args.latents_per_step)
+    if args.max_steps:
+        cfg = replace(cfg, budget=args.max_steps)
     if args.steps:
         try:
             steps = tuple(int(x) for x in args.steps.split(","))
         except ValueError:
-            raise ValueError(f"--steps {args.steps!r}: give three whole numbers, e.g. 600,300,300") from None
-        if len(steps) != 3 or min(steps) < 1:
-            raise ValueError(f"--steps {args.steps!r}: give three positive step counts, one per stage")
-        cfg = replace(cfg, steps=steps)
+            raise ValueError(f"--steps {args.steps!r}: give whole numbers, e.g. 600,300,300") from None
+        if min(steps) < 1:
+            raise ValueError(f"--steps {args.steps!r}: give positive step counts, one per stage")
+        cfg = replace(cfg, steps=steps, budget=None)
+    stage_plan(cfg)  # a stage count that does not fit stops here, before any work
     command = "lensing " + " ".join(sys.argv[1:])
     records = run_curriculum(
         cfg,
@@ -246,19 +256,76 @@ def _cmd_figures(args: argparse.Namespace) -> None:
 
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
     readme = Path(args.readme) if args.readme else None
+    only = args.only or None
+    for name in only or ():
+        if name not in FIGURE_NAMES:
+            raise ValueError(f"--only {name}: no such figure; choose from {', '.join(FIGURE_NAMES)}")
+    if only and readme is not None:
+        raise ValueError("--readme needs every analysis: drop --only to rewrite the README's numbers")
     # fail before the long run, not after it
-    check_output_folder(args.out, output_files(FIGURE_NAMES, formats))
+    check_output_folder(args.out, output_files(only or FIGURE_NAMES, formats))
     if readme is not None:
         splice_blocks(readme.read_text(), dict.fromkeys(BLOCKS, ""))
-    run = build_figures(args.model, log=lambda m: print(m, file=sys.stderr))
-    out = write_figures(run.figures, args.out, formats, run.facts)
-    print(f"wrote {len(run.figures)} figures x {len(formats)} formats (+ CSV), results.json and an index to {out}")
-    if readme is not None:
+    run = build_figures(args.model, log=lambda m: print(m, file=sys.stderr), only=only)
+    partial = bool(only) or bool(run.failed)
+    out = write_figures(run.figures, args.out, formats, run.facts, keep=partial, failed=run.failed)
+    extra = "results.json and " if run.facts is not None else ""
+    print(f"wrote {len(run.figures)} figure(s) x {len(formats)} format(s) (+ CSV), {extra}an index to {out}")
+    if readme is not None and run.facts is not None:
         text = splice_blocks(readme.read_text(), readme_blocks(run.facts))
         tmp = readme.with_name(f".{readme.name}.tmp")
         tmp.write_text(text)
         tmp.replace(readme)
         print(f"updated the generated result blocks in {readme}")
+    elif readme is not None:
+        print(f"{readme} not updated: an analysis behind its numbers failed", file=sys.stderr)
+    if run.failed:
+        for name, error in run.failed.items():
+            print(f"  failed: {name}: {error}", file=sys.stderr)
+        total = len(only or FIGURE_NAMES)
+        raise SystemExit(f"lensing figures: {len(run.failed)} of {total} figure(s) failed (listed above)")
+
+
+def check_output_file(path: str, suffix: str = ".html") -> Path:
+    """``path`` is a file that can be written (its folder exists or can be made): checked before the work."""
+    target = Path(path)
+    if target.is_dir():
+        raise ValueError(f"--out {path} is a folder; give a file name such as {target / ('explore' + suffix)}")
+    if target.suffix.lower() != suffix:
+        raise ValueError(f"--out {path}: give a file name ending in {suffix}")
+    check_output_dir(str(target.parent))
+    return target
+
+
+def _cmd_explore(args: argparse.Namespace) -> None:
+    from tqdm.auto import tqdm
+
+    from lensing.probes import attach
+    from lensing.viz.explore import explore
+    from lensing.zoo import load
+
+    out = check_output_file(args.out_file)
+    with tqdm(total=4, desc="explore", unit="step", file=sys.stderr, disable=None) as bar:
+        bar.set_postfix_str("loading the model")
+        lm = load(args.model, device=args.device)
+        bar.update()
+        if args.prompt:
+            prompts = [p.replace("\\n", "\n") for p in args.prompt]
+            if lm.answer_marker:
+                prompts = [p if p.endswith("\n") else p + "\n" for p in prompts]
+        else:
+            prompts = [p.prompt for p in _test_problems(args.n)]
+        bar.set_postfix_str(f"generating {len(prompts)} trace(s)")
+        traces = lm.generate(prompts, max_new_tokens=args.max_new_tokens)
+        bar.update()
+        bar.set_postfix_str("probing")
+        page = explore(attach(lm), traces, top_k=args.top_k, title=f"lensing explore {args.model}")
+        bar.update()
+        bar.set_postfix_str("writing")
+        page.save(out)
+        bar.update()
+    size = out.stat().st_size / 2**20
+    print(f"wrote the explorer for {len(traces)} trace(s) of {args.model} to {out} ({size:.1f} MiB, works offline)")
 
 
 def _validate(args: argparse.Namespace) -> None:
@@ -269,22 +336,53 @@ def _validate(args: argparse.Namespace) -> None:
         check_output_dir(args.out)
 
 
+MODEL_HELP = "bundled name (arith-tiny, arith-tiny:cot, :hidden, :lt), smollm2-135m, or a model folder"
+# help for arguments many commands share; filled in where a command registers one without help
+COMMON_HELP = {
+    "model": MODEL_HELP,
+    "--json": "print JSON (strict: no NaN or Infinity; a missing number is null with a reason)",
+    "--device": "cpu, cuda, cuda:N or mps",
+    "--seed": "random seed (problems, sampling, bootstrap)",
+    "--n": "number of test problems",
+    "--out": "output folder",
+}
+
+
+def _fill_common_help(parser: argparse.ArgumentParser) -> None:
+    """Every argument shows a help line: shared arguments registered without one get the common text."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _fill_common_help(sub)
+        elif action.help is None:
+            key = action.option_strings[0] if action.option_strings else action.dest
+            action.help = COMMON_HELP.get(key)
+
+
 # what a user can cause and fix: one line, no traceback (anything else is a bug and keeps its traceback)
 USER_ERRORS = (ValueError, OSError, ModuleNotFoundError)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="lensing", description="Look inside latent-reasoning language models.")
+    parser.add_argument("--version", action="version", version=f"lensing {_version()}")
+    parser.add_argument(
+        "--verbose", action="store_true", help="show third-party progress bars, log lines and warnings (hidden by default)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="run the three-stage LT-Tuning curriculum")
-    p.add_argument("--task", default="arith")
-    p.add_argument("--preset", default=None, help="tiny (default), smoke, or base (default with --base)")
+    p = sub.add_parser("train", help="train a curriculum (LT-Tuning by default) on a task")
+    p.add_argument("--task", default="arith", help="a registered task: arith, hops, graph or your own")
+    p.add_argument("--curriculum", default=None, help="cot, nocot, lt, coconut, stepsup or pause (default: the preset's)")
+    p.add_argument("--latent-kind", default=None, help="coconut/stepsup latents: hidden, fusion or prediction")
+    p.add_argument("--latents-per-step", type=positive_int, default=None, help="Coconut's c: latents per CoT line")
+    p.add_argument("--max-steps", type=positive_int, default=None, help="total optimizer steps, split over the stages")
+    p.add_argument("--preset", default=None, help="tiny (arith default), hops, smoke, or base (default with --base)")
     p.add_argument("--base", default=None, help="pretrained model to tune instead of a fresh tiny Llama")
     p.add_argument("--out", required=True, help="run folder (must be empty unless --resume or --overwrite)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16")
-    p.add_argument("--steps", default=None, help="override steps per stage, e.g. 600,300,300")
+    p.add_argument("--steps", default=None, help="steps per stage, e.g. 600,300,300 for lt")
     p.add_argument("--seed", type=int, default=0, help="seed for data, initialisation and batch order")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--overwrite", action="store_true", help="start over, removing the run already in --out")
@@ -294,22 +392,22 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="accuracy and latent counts by difficulty on the test split")
-    p.add_argument("model")
+    p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--n", type=positive_int, default=100, help="problems per difficulty")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("trace", help="generate for one question and show latents and confidence")
-    p.add_argument("model")
-    p.add_argument("question")
+    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("question", help="the prompt to continue, e.g. 'a=12;b=a+3;b?' (a final newline is added)")
     p.add_argument("--max-new-tokens", type=positive_int, default=160, help="generation budget")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     p.set_defaults(func=_cmd_trace)
 
     p = sub.add_parser("collapse", help="feature-collapse and distribution-mismatch metrics for two models")
-    p.add_argument("--before", default="arith-tiny:hidden")
-    p.add_argument("--after", default="arith-tiny")
+    p.add_argument("--before", default="arith-tiny:hidden", help="model before the change (default: stage 2)")
+    p.add_argument("--after", default="arith-tiny", help="model after the change (default: LT-Tuning, stage 3)")
     p.add_argument("--text-before", default="arith-tiny:cot", help="model to compare on text positions")
     p.add_argument("--n", type=positive_int, default=300, help="test problems (all difficulties)")
     p.add_argument("--latents", type=positive_int, default=6, help="length of the forced latent chain")
@@ -318,7 +416,7 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=_cmd_collapse)
 
     p = sub.add_parser("trails", help="depth, chain and attribution trails grouped by reasoning structure")
-    p.add_argument("model")
+    p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--steps", type=positive_int, default=3, help="problem difficulty (one, so chains align)")
     p.add_argument("--n", type=positive_int, default=200, help="test problems")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
@@ -330,9 +428,30 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="figures", help="folder for the figures (only files lensing wrote are replaced)")
     p.add_argument("--formats", default="png,svg,pdf,html", help="comma-separated: png, svg, pdf, html")
     p.add_argument("--readme", help="README whose generated result blocks are rewritten from this run's numbers")
+    p.add_argument(
+        "--only", action="append", metavar="NAME", help="rebuild just this figure (repeat for several); others are kept"
+    )
     p.set_defaults(func=_cmd_figures)
 
+    p = sub.add_parser("explore", help="write one offline HTML page to browse a model's traces (lens, attention, DLA)")
+    p.add_argument("model", help="bundled name (arith-tiny, arith-tiny:cot ...), smollm2-135m or a model folder")
+    p.add_argument("--prompt", action="append", help="a prompt to trace (repeat for several); default: test problems")
+    p.add_argument("--n", type=positive_int, default=6, help="test problems to trace when no --prompt is given")
+    p.add_argument("--max-new-tokens", type=positive_int, default=160, help="generation budget per prompt")
+    p.add_argument("--top-k", type=positive_int, default=5, help="tokens shown per layer in the logit lens")
+    p.add_argument("--out", dest="out_file", required=True, metavar="FILE.html", help="the HTML file to write")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
+    p.set_defaults(func=_cmd_explore)
+
+    from lensing.interventions.cli import add_commands as add_intervention_commands
+
+    add_intervention_commands(sub)
+
+    _fill_common_help(parser)
     args = parser.parse_args(argv)
+    from lensing._quiet import quiet
+
+    quiet(args.verbose)
     try:
         _validate(args)
         args.func(args)
@@ -342,6 +461,12 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(130) from None
     except USER_ERRORS as err:
         raise SystemExit(f"lensing {args.command}: {_one_line(err)}") from None
+
+
+def _version() -> str:
+    from lensing import __version__
+
+    return __version__
 
 
 def _one_line(err: BaseException) -> str:

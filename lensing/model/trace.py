@@ -76,6 +76,40 @@ class Trace:
             lines.append(f"{t:4d} {kind:7s} {shown:10s} {conf}{gold}")
         return "\n".join(lines)
 
+    def __repr__(self) -> str:
+        """One line: length, positions per kind and the generated text (latents as ◆), cut at 80 characters.
+
+        ``str(trace)`` is the full position-by-position table.
+        """
+        counts = ", ".join(f"{self.kinds.count(k)} {k}" for k in KINDS if k in self.kinds)
+        text = self.text("◆").replace("\n", "⏎")
+        text = text if len(text) <= 80 else text[:79] + "…"
+        return f"Trace({len(self)} positions: {counts}; text={text!r})"
+
+    def _repr_html_(self) -> str:
+        """The sequence as a token strip coloured by kind (latents ◆), confidence on hover, for notebooks."""
+        from html import escape
+
+        from lensing.viz.style import KIND_COLORS
+
+        spans = []
+        for t, (tok, kind) in enumerate(zip(self.tokens, self.kinds, strict=True)):
+            shown = "◆" if kind == "latent" else tok.replace("\n", "⏎") or "∅"
+            tip = f"{t} {kind}: p_max {float(self.max_prob[t]):.3f}, entropy {float(self.entropy[t]):.3f}"
+            colour = KIND_COLORS.get(kind, "#999999")
+            spans.append(
+                f'<span title="{escape(tip)}" style="border-bottom:3px solid {colour};padding:0 1px;'
+                f'margin:0 1px;white-space:pre">{escape(shown)}</span>'
+            )
+        legend = " ".join(
+            f'<span style="border-bottom:3px solid {KIND_COLORS[k]}">{k}</span>' for k in KINDS if k in self.kinds
+        )
+        head = escape(f"Trace: {len(self)} positions, {self.n_latents} latent(s)")
+        return (
+            f'<div style="font-family:monospace;line-height:1.9"><div><b>{head}</b> &nbsp; {legend}</div>'
+            f"<div>{''.join(spans)}</div></div>"
+        )
+
     def save(self, path: str | Path) -> None:
         """Writes ``<path>.safetensors`` (tensors) and ``<path>.json`` (text), each atomically.
 

@@ -7,6 +7,7 @@ number in ``figures/README.md``.
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -339,46 +340,92 @@ def trails_ratio_figure(report) -> Figure:
 # ------------------------------------------------------------------ pipeline
 @dataclass
 class FigureRun:
-    """Every figure of one run, and the headline facts (see :mod:`lensing.viz.results`) behind them."""
+    """The figures of one run, the headline facts (see :mod:`lensing.viz.results`) behind them, and
+    the figures that failed (name -> one-line error). ``facts`` is None unless every analysis ran."""
 
     figures: list[Figure]
-    facts: dict
+    facts: dict | None
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+# which analysis builds each figure, and which analyses each analysis needs first
+FIGURE_STEP = {
+    "accuracy_by_difficulty": "eval",
+    "latents_vs_difficulty": "eval",
+    "entropy_and_latent_attention": "fig4",
+    "latent_pca_and_collapse": "collapse",
+    "distribution_mismatch": "collapse",
+    "logit_lens": "probes",
+    "latent_decoding": "probes",
+    "attention": "probes",
+    "residual_decomposition": "probes",
+    "trails_pca": "trails",
+    "trails_structure_ratio": "trails",
+}
+STEP_NEEDS = {"eval": ("models",), "fig4": ("eval",), "probes": ("eval",), "collapse": (), "trails": (), "models": ()}
+
+
+def _one_line(err: BaseException) -> str:
+    return f"{type(err).__name__}: {' '.join(str(err).split())}"[:300]
 
 
 def build_figures(
-    model: str = "arith-tiny", n_eval: int = 50, n_analysis: int = 120, n_trails: int = 160, log=print
+    model: str = "arith-tiny",
+    n_eval: int = 50,
+    n_analysis: int = 120,
+    n_trails: int = 160,
+    log=print,
+    only: list[str] | tuple[str, ...] | None = None,
 ) -> FigureRun:
     """Runs every analysis on the bundled variants: ``n_eval`` test problems per difficulty for the
-    accuracy, ``n_analysis`` for the probes and the collapse study, ``n_trails`` three-step problems."""
+    accuracy, ``n_analysis`` for the probes and the collapse study, ``n_trails`` three-step problems.
+
+    Every figure that can be built is: an analysis that fails loses only its own figures, and a
+    figure whose builder fails loses only itself; failures are returned in ``FigureRun.failed``.
+    ``only`` (figure names) runs just the analyses those figures need.
+    """
     import lensing
     from lensing.studies import collapse_study, trails_study
     from lensing.tasks import make_splits
     from lensing.train import evaluate
 
+    wanted = list(FIGURE_NAMES) if not only else list(only)
+    unknown = [n for n in wanted if n not in FIGURE_STEP]
+    if unknown:
+        raise ValueError(f"unknown figure {unknown[0]!r}; available: {', '.join(FIGURE_NAMES)}")
     base = model.split(":")[0]
-    steps: list[tuple[str, Callable]] = []
-    state: dict = {}
-    out: list[Figure] = []
+    state: dict = {"probes": {}}
+    built: dict[str, Figure] = {}
+    failed: dict[str, str] = {}
+
+    def probe(variant: str):
+        if variant not in state["probes"]:
+            state["probes"][variant] = lensing.attach(lensing.load(f"{base}:{variant}"))
+            state["probes"][variant].lm.eval()
+        return state["probes"][variant]
+
+    def analysis_problems():
+        return make_splits(0, 0, -(-n_analysis // 6), seed=0).test[:n_analysis]
 
     def load_models():
         state["lms"] = {v: lensing.load(f"{base}:{v}") for v in VARIANTS}
+        return {}
 
     def run_eval():
         problems = make_splits(0, 0, n_eval, seed=0).test
         state["evals"] = {v: evaluate(lm, problems) for v, lm in state["lms"].items()}
-        out.append(accuracy_figure(state["evals"]))
-        out.append(latents_figure(state["evals"]))
+        return {
+            "accuracy_by_difficulty": lambda: accuracy_figure(state["evals"]),
+            "latents_vs_difficulty": lambda: latents_figure(state["evals"]),
+        }
 
     def run_fig4():
-        problems = make_splits(0, 0, -(-n_analysis // 6), seed=0).test[:n_analysis]
-        traces = {v: state["evals"][v].traces[: len(problems)] for v in ("cot", "lt")}
-        state["probes"] = {v: lensing.attach(lensing.load(f"{base}:{v}")) for v in ("cot", "lt")}
-        for v in ("cot", "lt"):
-            state["probes"][v].lm.eval()
-        out.append(entropy_attention_figure(traces, state["probes"]))
+        traces = {v: state["evals"][v].traces[: len(analysis_problems())] for v in ("cot", "lt")}
+        probes = {v: probe(v) for v in ("cot", "lt")}
+        return {"entropy_and_latent_attention": lambda: entropy_attention_figure(traces, probes)}
 
     def run_collapse():
-        problems = make_splits(0, 0, -(-n_analysis // 6), seed=0).test[:n_analysis]
+        problems = analysis_problems()
         models = {f"{base}:hidden": lensing.load(f"{base}:hidden"), f"{base}:lt": lensing.load(f"{base}:lt")}
         report = collapse_study(models, problems, where="latent", force_latents=FORCED_LATENTS, probe_folds=0)
         chains = {}
@@ -387,49 +434,96 @@ def build_figures(
             chains[name.split(":")[-1]] = torch.stack(
                 [t.input_embeds[t.latent_positions[:FORCED_LATENTS]] for t in traces]
             )
-        out.append(pca_collapse_figure(chains, report))
-        out.append(mismatch_figure(report))
         state["collapse"] = report
+        return {
+            "latent_pca_and_collapse": lambda: pca_collapse_figure(chains, report),
+            "distribution_mismatch": lambda: mismatch_figure(report),
+        }
 
     def run_probes():
-        probe = state["probes"]["lt"]
+        lt = probe("lt")
         traces = [t for t in state["evals"]["lt"].traces if t.n_latents][:8] or state["evals"]["lt"].traces[:8]
-        results = probe.run(traces)
-        out.append(logit_lens_figure(results["logit_lens"], results["decode_latents"]))
-        out.append(latent_decoding_figure(results["decode_latents"]))
-        out.append(attention_figure(results["attention"], 0))
-        parts = probe.decompose(traces[:1], positions="answer")
-        out.append(decomposition_figure(parts))
+        results = lt.run(traces)
+        return {
+            "logit_lens": lambda: logit_lens_figure(results["logit_lens"], results["decode_latents"]),
+            "latent_decoding": lambda: latent_decoding_figure(results["decode_latents"]),
+            "attention": lambda: attention_figure(results["attention"], 0),
+            "residual_decomposition": lambda: decomposition_figure(lt.decompose(traces[:1], positions="answer")),
+        }
 
     def run_trails():
         problems = make_splits(0, 0, n_trails, seed=0, difficulties=(3,)).test
         report = trails_study(lensing.load(f"{base}:lt"), problems)
-        out.append(trails_pca_figure(report))
-        out.append(trails_ratio_figure(report))
         state["trails"] = report
+        return {
+            "trails_pca": lambda: trails_pca_figure(report),
+            "trails_structure_ratio": lambda: trails_ratio_figure(report),
+        }
 
-    steps = [
-        ("load models", load_models),
-        ("accuracy and latents (eval)", run_eval),
-        ("entropy and attention (Fig. 4)", run_fig4),
-        ("collapse and mismatch (Fig. 5)", run_collapse),
-        ("logit lens, attention, decomposition", run_probes),
-        ("trails", run_trails),
-    ]
-    for desc, fn in tqdm(steps, desc="figures", file=sys.stderr):
+    steps = {
+        "models": ("load models", load_models),
+        "eval": ("accuracy and latents (eval)", run_eval),
+        "fig4": ("entropy and attention (Fig. 4)", run_fig4),
+        "collapse": ("collapse and mismatch (Fig. 5)", run_collapse),
+        "probes": ("logit lens, attention, decomposition", run_probes),
+        "trails": ("trails", run_trails),
+    }
+    needed: list[str] = []
+
+    def need(step: str) -> None:
+        for before in STEP_NEEDS[step]:
+            need(before)
+        if step not in needed:
+            needed.append(step)
+
+    for name in wanted:
+        need(FIGURE_STEP[name])
+    if not only:  # the headline facts need these three even if no figure did
+        for step in ("eval", "collapse", "trails"):
+            need(step)
+    order = [s for s in steps if s in needed]
+    step_error: dict[str, str] = {}
+    for key in tqdm(order, desc="figures", unit="analysis", file=sys.stderr, disable=None):
+        desc, fn = steps[key]
+        broken = [b for b in STEP_NEEDS[key] if b in step_error]
+        if broken:
+            step_error[key] = f"needs {steps[broken[0]][0]}, which failed ({step_error[broken[0]]})"
+            continue
         t0 = time.time()
-        fn()
+        try:
+            builders = fn()
+        except Exception as err:  # noqa: BLE001 - one analysis failing must not lose the others' figures
+            step_error[key] = _one_line(err)
+            log(f"{desc}: FAILED after {time.time() - t0:.0f}s: {step_error[key]}")
+            continue
+        for name, build in builders.items():
+            if name not in wanted:
+                continue
+            try:
+                built[name] = build()
+            except Exception as err:  # noqa: BLE001 - one figure failing must not lose the others
+                failed[name] = _one_line(err)
         log(f"{desc}: {time.time() - t0:.0f}s")
-    settings = {"n_eval": n_eval, "n_collapse": n_analysis, "n_trails": n_trails, "forced_latents": FORCED_LATENTS}
-    facts = collect_facts(
-        state["evals"],
-        state["collapse"].table,
-        state["trails"].table,
-        len(state["trails"].chain_trails),
-        settings,
-        {v: lm.meta for v, lm in state["lms"].items()},
-    )
-    return FigureRun(out, facts)
+    for name in wanted:
+        if name not in built and name not in failed:
+            failed[name] = step_error.get(FIGURE_STEP[name], "not built")
+    facts = None
+    if not only and not any(s in step_error for s in ("models", "eval", "collapse", "trails")):
+        settings = {"n_eval": n_eval, "n_collapse": n_analysis, "n_trails": n_trails, "forced_latents": FORCED_LATENTS}
+        facts = collect_facts(
+            state["evals"],
+            state["collapse"].table,
+            state["trails"].table,
+            len(state["trails"].chain_trails),
+            settings,
+            {v: lm.meta for v, lm in state["lms"].items()},
+        )
+    figures = [built[n] for n in FIGURE_NAMES if n in built]
+    return FigureRun(figures, facts, {n: failed[n] for n in FIGURE_NAMES if n in failed})
+
+
+PLOTLY_BUNDLE = "plotly.min.js"  # one copy per folder, shared by every figure's HTML page
+MODEBAR_BAND = 34  # px above each HTML figure where plotly's modebar sits, clear of every title
 
 
 def output_files(names: list[str] | tuple[str, ...], formats: tuple[str, ...]) -> list[str]:
@@ -437,19 +531,86 @@ def output_files(names: list[str] | tuple[str, ...], formats: tuple[str, ...]) -
     unknown = set(formats) - {*STATIC_FORMATS, "html"}
     if unknown:
         raise ValueError(f"unknown formats {sorted(unknown)}; choose from png, svg, pdf, html")
-    return [f"{n}.{ext}" for n in names for ext in ("csv", *formats)] + ["README.md", "results.json"]
+    bundle = [PLOTLY_BUNDLE] if "html" in formats else []
+    return [f"{n}.{ext}" for n in names for ext in ("csv", *formats)] + bundle + ["README.md", "results.json"]
+
+
+def _manifest(out: Path) -> dict:
+    """What an earlier `lensing figures` run recorded in ``out`` (files, captions); empty if nothing."""
+    path = out / MANIFEST
+    if not path.exists():
+        return {"files": [], "captions": {}}
+    try:
+        record = json.loads(path.read_text())
+        files = record["files"]
+        captions = record.get("captions", {})
+        if not isinstance(files, list) or not isinstance(captions, dict):
+            raise TypeError("files must be a list and captions an object")
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as err:
+        raise ValueError(f"{path} is corrupt ({err}); remove it if every file in {out} may be replaced") from err
+    files = [f for f in files if isinstance(f, str) and "/" not in f]
+    return {"files": files, "captions": {k: v for k, v in captions.items() if isinstance(v, str)}}
 
 
 def _owned_files(out: Path) -> set[str]:
     """Files an earlier `lensing figures` run wrote into ``out`` (its manifest); empty if there is none."""
-    path = out / MANIFEST
-    if not path.exists():
-        return set()
-    try:
-        files = json.loads(path.read_text())["files"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
-        raise ValueError(f"{path} is corrupt ({err}); remove it if every file in {out} may be replaced") from err
-    return {f for f in files if isinstance(f, str) and "/" not in f}
+    return set(_manifest(out)["files"])
+
+
+def figure_html(figure: Figure) -> str:
+    """A small HTML page for one figure: it loads the folder's shared ``plotly.min.js`` (no network),
+    keeps the modebar in a band above the plot so it covers no title, and shows the caption."""
+    div = pio.to_html(
+        figure.figure,
+        include_plotlyjs=False,
+        full_html=False,
+        config={"displaylogo": False, "displayModeBar": True},
+    )
+    title = figure.name.replace("_", " ")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<script src="{PLOTLY_BUNDLE}"></script>
+<style>
+body{{font-family:"DejaVu Sans",Arial,sans-serif;margin:8px;color:#222}}
+.figure{{display:inline-block;padding-top:{MODEBAR_BAND}px}}
+.figure .modebar-container{{top:-{MODEBAR_BAND - 2}px !important}}
+.caption{{max-width:880px;font-size:13px}}
+</style></head><body>
+<div class="figure">{div}</div>
+<p class="caption">{html.escape(figure.caption)}</p>
+</body></html>
+"""
+
+
+def _index(figures: dict[str, str], formats: tuple[str, ...], failed: dict[str, str]) -> str:
+    """``README.md`` of the folder: one section per figure with its caption, then what is missing."""
+    lines = ["# Figures", "", "Regenerated by `lensing figures` (`make figures`) from the bundled models.", ""]
+    if "html" in formats:
+        lines += [f"The HTML pages share one local `{PLOTLY_BUNDLE}` and work offline.", ""]
+    for i, (name, caption) in enumerate(figures.items(), 1):
+        links = ", ".join(f"[{fmt}]({name}.{fmt})" for fmt in formats)
+        lines += [
+            f"## {i}. {name}",
+            "",
+            f"![{name}]({name}.png)" if "png" in formats else "",
+            "",
+            caption,
+            "",
+            f"Files: {links}, [numbers]({name}.csv)",
+            "",
+        ]
+    if failed:
+        lines += ["## Failed in the last run", "", "Files an earlier run wrote for these figures are kept.", ""]
+        lines += [f"- `{name}`: {error}" for name, error in failed.items()]
+        lines += [""]
+    lines += [
+        "## Not included",
+        "",
+        "Paper Fig. 6 (accuracy by choice of the hidden-state layer I): no layer-choice variants are "
+        "trained or bundled, so this figure is not produced.",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def check_output_folder(out: str | Path, files: list[str]) -> None:
@@ -467,28 +628,48 @@ def check_output_folder(out: str | Path, files: list[str]) -> None:
             )
 
 
-def write_figures(figures: list[Figure], out: str | Path, formats: tuple[str, ...], facts: dict | None = None) -> Path:
+def write_figures(
+    figures: list[Figure],
+    out: str | Path,
+    formats: tuple[str, ...],
+    facts: dict | None = None,
+    keep: bool = False,
+    failed: dict[str, str] | None = None,
+) -> Path:
     """Writes every figure in every format plus CSV, README.md and (given ``facts``) results.json into ``out``.
 
     Only files lensing owns are touched: a manifest (``.lensing-figures.json``) records what each
     run wrote; a file of someone else's that a run would replace stops it before anything is
-    written, and files of an earlier run that this one does not rewrite are removed. Everything
-    is rendered into a temporary sibling folder first and renamed into place file by file.
+    written, and files of an earlier run that this one does not rewrite are removed, unless
+    ``keep`` (a partial run: ``--only``, or some figures failed), which keeps them and their
+    captions in the index. ``failed`` (name -> error) is listed in the index. HTML pages share
+    one ``plotly.min.js`` written next to them. Everything is rendered into a temporary sibling
+    folder first and renamed into place file by file.
     """
     out = Path(out)
+    failed = dict(failed or {})
     files = output_files([f.name for f in figures], formats)
     if facts is None:
         files.remove("results.json")
     check_output_folder(out, files)
+    earlier = _manifest(out) if out.is_dir() else {"files": [], "captions": {}}
+    captions = {f.name: f.caption for f in figures}
+    if keep:
+        kept = {**{n: c for n, c in earlier["captions"].items() if n in FIGURE_NAMES}, **captions}
+        captions = {n: kept[n] for n in FIGURE_NAMES if n in kept}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".figures.", dir=out.parent))
     try:
         static = [f for f in formats if f in STATIC_FORMATS]
         figs, paths = [], []
+        if "html" in formats:
+            from plotly.offline import get_plotlyjs
+
+            (tmp / PLOTLY_BUNDLE).write_text(get_plotlyjs(), encoding="utf-8")
         for f in figures:
             f.data.to_csv(tmp / f"{f.name}.csv", index=False)
             if "html" in formats:
-                f.figure.write_html(tmp / f"{f.name}.html", include_plotlyjs="cdn")
+                (tmp / f"{f.name}.html").write_text(figure_html(f), encoding="utf-8")
             for fmt in static:
                 figs.append(f.figure)
                 paths.append(tmp / f"{f.name}.{fmt}")
@@ -500,31 +681,15 @@ def write_figures(figures: list[Figure], out: str | Path, formats: tuple[str, ..
                 height=[f.layout.height for f in figs],
                 scale=[2 if str(p).endswith(".png") else 1 for p in paths],
             )
-        lines = ["# Figures", "", "Regenerated by `lensing figures` (`make figures`) from the bundled models.", ""]
-        for i, f in enumerate(figures, 1):
-            links = ", ".join(f"[{fmt}]({f.name}.{fmt})" for fmt in formats)
-            lines += [
-                f"## {i}. {f.name}",
-                "",
-                f"![{f.name}]({f.name}.png)" if "png" in formats else "",
-                "",
-                f.caption,
-                "",
-                f"Files: {links}, [numbers]({f.name}.csv)",
-                "",
-            ]
-        lines += [
-            "## Not included",
-            "",
-            "Paper Fig. 6 (accuracy by choice of the hidden-state layer I): no layer-choice variants are "
-            "trained or bundled, so this figure is not produced.",
-            "",
-        ]
-        (tmp / "README.md").write_text("\n".join(lines))
+        (tmp / "README.md").write_text(_index(captions, formats, failed))
         if facts is not None:
-            (tmp / "results.json").write_text(json.dumps(facts, indent=1, ensure_ascii=False) + "\n")
-        (tmp / MANIFEST).write_text(json.dumps({"files": sorted(files)}, indent=1) + "\n")
-        stale = _owned_files(out) - set(files) if out.is_dir() else set()
+            (tmp / "results.json").write_text(
+                json.dumps(facts, indent=1, ensure_ascii=False, allow_nan=False) + "\n"
+            )
+        owned = sorted(set(files) | (set(earlier["files"]) if keep else set()))
+        record = {"files": owned, "captions": captions}
+        (tmp / MANIFEST).write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+        stale = set() if keep else set(earlier["files"]) - set(files)
         out.mkdir(exist_ok=True)
         for name in files:
             os.replace(tmp / name, out / name)
