@@ -328,6 +328,40 @@ def _cmd_explore(args: argparse.Namespace) -> None:
     print(f"wrote the explorer for {len(traces)} trace(s) of {args.model} to {out} ({size:.1f} MiB, works offline)")
 
 
+def _cmd_collect(args: argparse.Namespace) -> None:
+    """Streaming statistics into --out; under torchrun each rank takes its chunks and only rank 0 prints."""
+    import torch
+
+    from lensing.collect import collect_run, format_summary
+
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if args.dtype not in dtypes:
+        raise ValueError(f"--dtype {args.dtype!r}: use one of {', '.join(dtypes)}")
+    summary = collect_run(
+        args.model,
+        args.n,
+        args.out,
+        task=args.task,
+        seed=args.seed,
+        chunk_size=args.chunk,
+        max_new_tokens=args.max_new_tokens,
+        force_latents=args.force_latents,
+        max_steps=args.max_steps,
+        device=args.device,
+        dtype=dtypes[args.dtype],
+        log=(lambda m: print(m, file=sys.stderr)) if getattr(args, "verbose", False) else None,
+    )
+    if summary is None:  # not rank 0
+        return
+    if args.json:
+        import json
+
+        print(json.dumps(summary, indent=1))
+    else:
+        print(format_summary(summary))
+        print(f"statistics and summary in {args.out}")
+
+
 def _validate(args: argparse.Namespace) -> None:
     """Arguments checked before any work starts."""
     if getattr(args, "device", None) is not None:
@@ -442,6 +476,27 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", dest="out_file", required=True, metavar="FILE.html", help="the HTML file to write")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     p.set_defaults(func=_cmd_explore)
+
+    p = sub.add_parser("collect", help="mergeable statistics over many traces (runs under torchrun too)")
+    p.add_argument("model")
+    p.add_argument(
+        "--n",
+        "-n",
+        type=positive_int,
+        default=1000,
+        help="test problems (all difficulties, interleaved); under torchrun write -n (torchrun reads --n as its own)",
+    )
+    p.add_argument("--out", required=True, help="folder for stats.safetensors, summary.json and resumable chunks")
+    p.add_argument("--task", default="arith", help="a registered task (arith, hops, graph ...)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--chunk", type=positive_int, default=32, help="problems per chunk (one batch, one resumable file)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=160, help="generation budget per problem")
+    p.add_argument("--force-latents", type=int, default=0, help="force this many latents after each prompt")
+    p.add_argument("--max-steps", type=positive_int, default=8, help="latent steps with their own moment statistics")
+    p.add_argument("--device", default="cpu", help="cpu, cuda (under torchrun: each rank's cuda:LOCAL_RANK) or mps")
+    p.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16")
+    p.set_defaults(func=_cmd_collect)
 
     from lensing.interventions.cli import add_commands as add_intervention_commands
 
