@@ -26,6 +26,11 @@ def quiet(verbose: bool = False) -> None:
     """Silences Hugging Face's "Loading weights" bars, library log lines below ERROR and warnings,
     unless ``verbose``. Call before the libraries are imported (it also works after)."""
     if verbose:
+        if "transformers" in sys.modules:  # undo an earlier quiet() in this process
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.enable_progress_bar()
+            hf_logging.set_verbosity_warning()
         return
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when huggingface_hub is imported
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

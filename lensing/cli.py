@@ -7,7 +7,6 @@ Arguments are checked before any work; a problem the user can fix prints one lin
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -72,7 +71,12 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     result = evaluate(lm, split)
     table = result.to_dataframe()
     if args.json:
-        print(json.dumps({"model": args.model, **result.to_dict()}, indent=2))
+        from lensing._json import dumps
+
+        report = result.to_dict()
+        for row in report["table"]:  # difficulty rows count steps; the overall row is labelled "all"
+            row["steps"] = int(row["steps"]) if str(row["steps"]).isdigit() else row["steps"]
+        print(dumps({"model": args.model, **report}, indent=2))
     else:
         print(f"{args.model}: test accuracy by difficulty (n={args.n} per difficulty)")
         print(table.to_string(index=False, float_format=lambda x: f"{x:.2f}"))
@@ -111,13 +115,16 @@ def _test_problems(n: int, steps: int | None = None, seed: int = 0):
     return make_splits(0, 0, n, seed=seed, difficulties=(steps,)).test
 
 
-def _write_table(table, out: str | None, stem: str) -> None:
-    """``stem.csv`` and ``stem.json`` in ``out``, each written to a temporary name and renamed."""
+def _write_table(table, out: str | None, stem: str, reasons: dict[str, str] | None = None) -> None:
+    """``stem.csv`` and ``stem.json`` (strict JSON, see :mod:`lensing._json`) in ``out``, each written
+    to a temporary name and renamed."""
+    from lensing._json import dumps
+
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
         for suffix, write in (
             ("csv", lambda f: table.to_csv(f, index=False)),
-            ("json", lambda f: table.to_json(f, orient="records", indent=1)),
+            ("json", lambda f: f.write_text(dumps(table.to_dict(orient="records"), reasons) + "\n")),
         ):
             target = Path(out) / f"{stem}.{suffix}"
             tmp = target.with_name(f".{target.name}.tmp")
@@ -172,6 +179,25 @@ def check_output_dir(path: str) -> None:
         raise ValueError(f"--out {path}: cannot write in {existing} ({err.strerror}); choose another folder") from None
 
 
+# why a field of a --json record can be null (see lensing._json)
+_SAME_EMBED = "at the embed read-out every trail starts from the same prompt-end token, so distances are undefined"
+TRAILS_NULL_REASONS = {
+    "depth_within": _SAME_EMBED,
+    "depth_between": _SAME_EMBED,
+    "depth_ratio": _SAME_EMBED,
+    "capture_rate": _SAME_EMBED,
+    "chain_within": _SAME_EMBED,
+    "chain_between": _SAME_EMBED,
+    "chain_ratio": _SAME_EMBED,
+}
+COLLAPSE_NULL_REASONS = {
+    "step": "text positions (CoT line ends) have no latent step",
+    "step_cosine": "needs a previous step (undefined at the first step and at text positions)",
+    "probe_first_result": "linear probes need enough samples per class (or were not run for this row)",
+    "probe_answer": "linear probes need enough samples per class (or were not run for this row)",
+}
+
+
 def _cmd_collapse(args: argparse.Namespace) -> None:
     import pandas as pd
 
@@ -189,9 +215,11 @@ def _cmd_collapse(args: argparse.Namespace) -> None:
         {args.text_before: load(args.text_before), args.after: load(args.after)}, problems, where="text"
     )
     table = pd.concat([latent.table, text.table], ignore_index=True)
-    _write_table(table, args.out, "collapse")
+    _write_table(table, args.out, "collapse", COLLAPSE_NULL_REASONS)
     if args.json:
-        print(table.to_json(orient="records", indent=1))
+        from lensing._json import dumps
+
+        print(dumps(table.to_dict(orient="records"), COLLAPSE_NULL_REASONS))
         return
     columns = [
         "model",
@@ -228,17 +256,13 @@ def _cmd_trails(args: argparse.Namespace) -> None:
     from lensing.zoo import load
 
     report = trails_study(load(args.model), _test_problems(args.n, steps=args.steps))
-    _write_table(report.table, args.out, "trails")
+    _write_table(report.table, args.out, "trails", TRAILS_NULL_REASONS)
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "layers": report.table.to_dict(orient="records"),
-                    "attribution_trail": report.attribution.to_dict(orient="records"),
-                },
-                indent=1,
-            )
-        )
+        from lensing._json import dumps
+
+        layers = report.table.to_dict(orient="records")
+        attribution = report.attribution.to_dict(orient="records")
+        print(dumps({"layers": layers, "attribution_trail": attribution}, TRAILS_NULL_REASONS))
         return
     with pd.option_context("display.width", 250, "display.max_columns", 30):
         print(

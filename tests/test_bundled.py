@@ -73,7 +73,7 @@ def test_cli_eval_json():
     out = run_cli("eval", "arith-tiny:cot", "--n", "5", "--json")
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
-    assert [row["steps"] for row in report["table"]] == ["1", "2", "3", "4", "5", "6", "all"]
+    assert [row["steps"] for row in report["table"]] == [1, 2, 3, 4, 5, 6, "all"]
     assert report["table"][-1]["n"] == 30
 
 
