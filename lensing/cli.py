@@ -66,9 +66,14 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     from lensing.train import evaluate
     from lensing.zoo import load
 
-    lm = load(args.model, device=args.device)
-    split = make_splits(0, 0, args.n, seed=lm.meta.get("record", {}).get("training", {}).get("seed", 0)).test
-    result = evaluate(lm, split)
+    with progress("eval", 2) as bar:
+        bar.set_postfix_str("loading the model")
+        lm = load(args.model, device=args.device)
+        bar.update()
+        split = make_splits(0, 0, args.n, seed=lm.meta.get("record", {}).get("training", {}).get("seed", 0)).test
+        bar.set_postfix_str(f"generating for {len(split)} test problems")
+        result = evaluate(lm, split)
+        bar.update()
     table = result.to_dataframe()
     if args.json:
         from lensing._json import dumps
@@ -105,6 +110,13 @@ def _cmd_trace(args: argparse.Namespace) -> None:
             for i, p in zip(lens.stats.top_ids[layer, last], lens.stats.top_probs[layer, last], strict=True)
         )
         print(f"  {label:>6s}: {tops}")
+
+
+def progress(command: str, total: int):
+    """lensing's own progress bar for a command's stages: on stderr, shown only on a terminal."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=command, unit="stage", file=sys.stderr, disable=None)
 
 
 def _test_problems(n: int, steps: int | None = None, seed: int = 0):
@@ -205,15 +217,20 @@ def _cmd_collapse(args: argparse.Namespace) -> None:
     from lensing.zoo import load
 
     problems = _test_problems(args.n)
-    latent = collapse_study(
-        {args.before: load(args.before), args.after: load(args.after)},
-        problems,
-        where="latent",
-        force_latents=args.latents,
-    )
-    text = collapse_study(
-        {args.text_before: load(args.text_before), args.after: load(args.after)}, problems, where="text"
-    )
+    with progress("collapse", 2) as bar:
+        bar.set_postfix_str(f"latent chains, {args.before} vs {args.after}")
+        latent = collapse_study(
+            {args.before: load(args.before), args.after: load(args.after)},
+            problems,
+            where="latent",
+            force_latents=args.latents,
+        )
+        bar.update()
+        bar.set_postfix_str(f"CoT line ends, {args.text_before} vs {args.after}")
+        text = collapse_study(
+            {args.text_before: load(args.text_before), args.after: load(args.after)}, problems, where="text"
+        )
+        bar.update()
     table = pd.concat([latent.table, text.table], ignore_index=True)
     _write_table(table, args.out, "collapse", COLLAPSE_NULL_REASONS)
     if args.json:
@@ -255,7 +272,13 @@ def _cmd_trails(args: argparse.Namespace) -> None:
     from lensing.studies import trails_study
     from lensing.zoo import load
 
-    report = trails_study(load(args.model), _test_problems(args.n, steps=args.steps))
+    with progress("trails", 2) as bar:
+        bar.set_postfix_str("loading the model")
+        lm = load(args.model)
+        bar.update()
+        bar.set_postfix_str(f"{args.n} problems: generation, probes, trails")
+        report = trails_study(lm, _test_problems(args.n, steps=args.steps))
+        bar.update()
     _write_table(report.table, args.out, "trails", TRAILS_NULL_REASONS)
     if args.json:
         from lensing._json import dumps
@@ -322,14 +345,12 @@ def check_output_file(path: str, suffix: str = ".html") -> Path:
 
 
 def _cmd_explore(args: argparse.Namespace) -> None:
-    from tqdm.auto import tqdm
-
     from lensing.probes import attach
     from lensing.viz.explore import explore
     from lensing.zoo import load
 
     out = check_output_file(args.out_file)
-    with tqdm(total=4, desc="explore", unit="step", file=sys.stderr, disable=None) as bar:
+    with progress("explore", 4) as bar:
         bar.set_postfix_str("loading the model")
         lm = load(args.model, device=args.device)
         bar.update()
