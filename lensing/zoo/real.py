@@ -60,12 +60,14 @@ def _convert_smollm2(target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_smollm2(device: str | torch.device = "cpu", dtype: torch.dtype | None = None, device_map=None) -> LatentLM:
+def load_smollm2(
+    device: str | torch.device = "cpu", dtype: torch.dtype | None = None, device_map=None, offload_folder=None
+) -> LatentLM:
     """SmolLM2-135M-Instruct as a LatentLM (with a `<thinking>` token added, initialised from EOS)."""
     target = cache_dir() / "smollm2-135m"
     if not (target / "config.json").is_file():
         _convert_smollm2(target)
-    return load_hf_directory(target, device=device, dtype=dtype, device_map=device_map)
+    return load_hf_directory(target, device=device, dtype=dtype, device_map=device_map, offload_folder=offload_folder)
 
 
 def load_hf_directory(
@@ -74,16 +76,19 @@ def load_hf_directory(
     dtype: torch.dtype | None = None,
     device_map=None,
     config: LatentConfig | None = None,
+    offload_folder: str | Path | None = None,
 ) -> LatentLM:
     """Any local Hugging Face causal-LM directory (Llama family), wrapped as a LatentLM.
 
-    ``device_map`` (e.g. ``"auto"``) is passed to Hugging Face to spread a large model over
-    several GPUs; the bridge then wraps the dispatched modules where they are.
+    ``device_map`` (e.g. ``"auto"``) and ``offload_folder`` are passed to Hugging Face / accelerate
+    to spread a large model over GPUs, CPU and disk; the bridge then wraps the dispatched modules
+    where they are.
     """
     path = Path(path)
     if not (path / "config.json").is_file():
         raise ValueError(f"{path} is not a Hugging Face model directory: config.json is missing")
-    model = load_causal_lm(path, dtype=dtype or torch.float32, device_map=device_map)
+    extra = {"offload_folder": str(offload_folder)} if offload_folder is not None else {}
+    model = load_causal_lm(path, dtype=dtype or torch.float32, device_map=device_map, **extra)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     probe_ids = tokenizer("a")["input_ids"]
     adds_bos = tokenizer.bos_token_id is not None and probe_ids[:1] == [tokenizer.bos_token_id]
