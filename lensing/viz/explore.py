@@ -187,7 +187,7 @@ def explore_data(probe, traces: Trace | Sequence[Trace], top_k: int = 5, title: 
 def _script_json(data: dict) -> str:
     """JSON safe to place inside a <script> element (no ``</script>`` can end it early)."""
     text = json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    return text.replace("</", "<\\/").replace("<!--", "<\\!--")
+    return text.replace("<", "\\u003c")  # "<" only occurs inside JSON strings, where \u003c is the same text
 
 
 def render_html(data: dict) -> str:
