@@ -6,7 +6,10 @@ batched generation, of the same generation through the ``intervention`` hook wit
 plus each latent step 0..2 for ``zero`` (generation and answer scoring included). Prints each as
 a ratio to the clean generation.
 
-Usage: python benchmarks/bench_interventions.py [--n 60]
+Runs on one CPU thread by default (``--threads``): the model is tiny, and one thread is the
+fastest and steadiest setting for it, especially on a shared machine.
+
+Usage: python benchmarks/bench_interventions.py [--n 60] [--threads 1]
 """
 
 from __future__ import annotations
@@ -40,7 +43,9 @@ def best_time(fn, repeats: int = 3) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=60)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     lm = lensing.load("arith-tiny:lt")
     problems = make_splits(0, 0, -(-args.n // 6), seed=0).test[: args.n]
     generate_problems(lm, problems)  # warm-up
@@ -52,7 +57,7 @@ def main() -> None:
     sweep = intervention_sweep(lm, problems, kinds, clean=clean, model="arith-tiny:lt")
     sweep_s = time.perf_counter() - start
     n_runs = len(sweep.results)
-    print(f"arith-tiny:lt, {len(problems)} problems: clean generation {clean_s * 1e3:.0f} ms")
+    print(f"arith-tiny:lt, {len(problems)} problems, {args.threads} thread(s): clean generation {clean_s * 1e3:.0f} ms")
     print(f"  hook with kind 'none': {none_s / clean_s:.2f}x the clean generation")
     print(
         f"  sweep of {n_runs} interventions (every kind at all steps, zero at steps 0-2; generation + answer "

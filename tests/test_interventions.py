@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 import lensing
-from lensing.interventions import KINDS, Intervention, bootstrap_ci, bootstrap_ratio_ci, intervene
+from lensing.interventions import KINDS, Intervention, bootstrap_ci, bootstrap_ratio_ci, intervene, intervention_sweep
 from lensing.interventions.cli import add_commands
 from lensing.interventions.generation import generate_problems, swap_donors
 from lensing.interventions.patching import (
@@ -27,6 +28,15 @@ from conftest import PROMPTS
 
 def _problems(per_difficulty: int, seed: int = 0, difficulties=(1, 2, 3, 4, 5, 6)):
     return make_splits(0, 0, per_difficulty, seed=seed, difficulties=difficulties).test
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The bundled models are tiny: one thread is fastest (much faster on a busy machine); restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -163,9 +173,25 @@ def test_bootstrap_known_cases():
 
 
 # -------------------------------------------------------------- bundled effects
-def test_lt_shuffle_and_zero_break_it_ban_lands_between(lt, lt_run):
+LT_KINDS = ("zero", "shuffle", "ban", "h-only", "pred-only")
+
+
+@pytest.fixture(scope="module")
+def lt_sweep(lt, lt_run):
+    """The README's :lt sweep: 30 test problems (5 per difficulty, seed 0), bootstrap seed 0."""
     problems, clean = lt_run
-    s = {k: intervene(lt, problems, k, clean=clean, model="arith-tiny:lt").summary() for k in ("zero", "shuffle", "ban")}
+    return intervention_sweep(lt, problems, LT_KINDS, clean=clean, model="arith-tiny:lt")
+
+
+def test_sweep_shares_the_clean_scoring(lt, lt_run, lt_sweep):
+    problems, clean = lt_run
+    alone = intervene(lt, problems, "h-only", clean=clean, model="arith-tiny:lt")
+    in_sweep = lt_sweep.results[LT_KINDS.index("h-only")]
+    assert alone.examples.equals(in_sweep.examples) and alone.summary() == in_sweep.summary()
+
+
+def test_lt_shuffle_and_zero_break_it_ban_lands_between(lt_sweep):
+    s = {r.intervention.kind: r.summary() for r in lt_sweep.results}
     clean_acc, (clean_lo, _) = s["zero"]["clean"]["accuracy"], s["zero"]["clean"]["ci"]
     assert clean_acc >= 0.95, clean_acc
     for kind in ("zero", "shuffle"):
@@ -209,9 +235,15 @@ def test_addresses_line_up_traces_of_different_lengths():
         address(seq, ("bogus", 0))
 
 
-def test_lt_patching_latents_recover_little_the_cot_line_carries_the_answer(lt, lt_probe):
+@pytest.fixture(scope="module")
+def lt_patch(lt_probe):
+    """The README's patching run: 24 three-step test problems (seed 0), paired within structure."""
     problems = make_splits(0, 0, 24, seed=0, difficulties=(3,)).test
-    r = activation_patching(lt_probe, problems, components=("resid",), model="arith-tiny:lt", resamples=500)
+    return activation_patching(lt_probe, problems, components=("resid",), model="arith-tiny:lt", resamples=500)
+
+
+def test_lt_patching_latents_recover_little_the_cot_line_carries_the_answer(lt_probe, lt_patch):
+    r = lt_patch
     assert len(r.pairs) >= 8
     assert (r.pairs.ld_clean > 0).all() and (r.pairs.ld_corrupted < 0).all()
     latent = r.grid("resid", "latent")
@@ -244,3 +276,84 @@ def test_cli_intervene_json(capsys):
         _cli(["intervene", "arith-tiny", "--kind", "zero", "--n", "0"])
     with pytest.raises(ValueError, match="step must be"):
         _cli(["intervene", "arith-tiny", "--kind", "zero", "--step", "x", "--n", "6"])
+
+
+# ------------------------------------------------------------------ README numbers
+# The table in README.md "What do the latents carry?": same problems and seeds as the README (and
+# notebooks/08_interventions.ipynb). Each row: accuracy, its 95% CI, answer-change rate, mean latents.
+README_ROWS = {
+    ("lt", "clean"): (1.00, 1.00, 1.00, None, 5.8),
+    ("lt", "zero"): (0.07, 0.00, 0.17, 0.93, 83.8),
+    ("lt", "shuffle"): (0.03, 0.00, 0.10, 0.97, 9.6),
+    ("lt", "ban"): (0.57, 0.40, 0.73, 0.43, 0.0),
+    ("lt", "h-only"): (1.00, 1.00, 1.00, 0.00, 5.9),
+    ("lt", "pred-only"): (0.57, 0.40, 0.73, 0.43, 6.8),
+    ("hidden", "clean"): (1.00, 1.00, 1.00, None, 1.5),
+    ("hidden", "zero"): (0.27, 0.13, 0.43, 0.73, 4.4),
+    ("hidden", "ban"): (0.97, 0.90, 1.00, 0.03, 0.0),
+}
+README_NORM_RATIO = 20  # median |alpha h| / |(1 - alpha) e_pred| over the :lt clean latents
+README_PATCH = {"pairs": 10, "latent_max": 0.01, "readout_last": 1.00}
+RATE_BAND = 0.10  # 3 of 30 problems: room for numerical drift across machines, not for another conclusion
+
+
+def _readme_section() -> str:
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = text.index("## What do the latents carry? (interventions and patching)")
+    return text[start : text.index("\n## ", start + 1)]
+
+
+def _row(model: str, kind: str, values) -> str:
+    acc, lo, hi, changed, latents = values
+    changed = "-" if changed is None else f"{changed:.2f}"
+    return f"| `:{model}` | {kind} | {acc:.2f} [{lo:.2f}, {hi:.2f}] | {changed} | {latents:.1f} |"
+
+
+def _measured(sweep) -> dict:
+    out = {}
+    for r in sweep.results:
+        s = r.summary()
+        out["clean"] = (*[s["clean"]["accuracy"], *s["clean"]["ci"]], None, s["mean_latents"]["clean"])
+        out[r.intervention.kind] = (
+            s["intervened"]["accuracy"],
+            *s["intervened"]["ci"],
+            s["answer_changed"]["rate"],
+            s["mean_latents"]["intervened"],
+        )
+    return out
+
+
+def test_readme_numbers(lt, lt_run, lt_sweep, lt_patch, lt_probe):
+    section = _readme_section()
+    for (model, kind), values in README_ROWS.items():
+        assert _row(model, kind, values) in section, _row(model, kind, values)
+    assert f"{README_PATCH['pairs']} pairs" in section and f"about {README_NORM_RATIO}x" in section
+    assert f"at most {README_PATCH['latent_max']:.2f}" in section
+    assert f"recovers {README_PATCH['readout_last']:.2f}" in section
+
+    problems, _ = lt_run
+    hidden = lensing.load("arith-tiny:hidden")
+    measured = {("lt", k): v for k, v in _measured(lt_sweep).items()}
+    measured |= {("hidden", k): v for k, v in _measured(intervention_sweep(hidden, problems, ["zero", "ban"])).items()}
+    for key, pinned in README_ROWS.items():
+        got = measured[key]
+        for name, a, b in zip(("accuracy", "ci_low", "ci_high", "changed"), got[:4], pinned[:4], strict=True):
+            assert (a is None) == (b is None) and (a is None or abs(a - b) <= RATE_BAND), (key, name, a, b)
+        assert abs(got[4] - pinned[4]) <= 0.25 * pinned[4] + 0.5, (key, "mean latents", got[4], pinned[4])
+
+    clean = lt_sweep.results[0].clean_traces
+    alpha = lt.config.alpha
+    h, pred = torch.cat([t.latent_h for t in clean]), torch.cat([t.latent_pred for t in clean])
+    ratio = ((alpha * h).norm(dim=-1) / ((1 - alpha) * pred).norm(dim=-1)).median().item()
+    assert 0.75 * README_NORM_RATIO <= ratio <= 1.25 * README_NORM_RATIO, ratio
+
+    assert abs(len(lt_patch.pairs) - README_PATCH["pairs"]) <= 2, len(lt_patch.pairs)
+    assert lt_patch.grid("resid", "latent").abs().max().max() <= README_PATCH["latent_max"] + 0.04
+    readout = lt_patch.grid("resid", None).loc["answer -1", lt_probe.n_layers - 1]
+    assert abs(readout - README_PATCH["readout_last"]) <= RATE_BAND, readout
+
+    # the README's CLI lines run on these same problems
+    from lensing.interventions.cli import _problems as cli_problems
+
+    assert cli_problems(30, 0) == problems
+    assert cli_problems(24, 0, steps=3) == make_splits(0, 0, 24, seed=0, difficulties=(3,)).test

@@ -19,7 +19,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from lensing.interventions.answers import answer_ids, first_difference, score_answers
+from lensing.interventions.answers import Scored, answer_ids, first_difference, score_answers
 from lensing.interventions.stats import DEFAULT_RESAMPLES, bootstrap_ci
 from lensing.model import LatentLM, Trace
 from lensing.tasks import Problem, extract_answer
@@ -356,6 +356,7 @@ def intervene(
     seed: int = 0,
     batch_size: int = 200,
     max_new_tokens: int = 160,
+    _scored_clean: Sequence[Scored] | None = None,
 ) -> InterventionResult:
     """Runs ``problems`` clean and with ``intervention``; effects per example, paired bootstrap CIs.
 
@@ -380,18 +381,28 @@ def intervene(
     if len(src) != len(problems):
         raise ValueError(f"{len(src)} source traces for {len(problems)} problems")
     traces, replaced = generate_problems(lm, problems, spec, src, batch_size, max_new_tokens)
-    examples = effects_table(lm, problems, clean, traces, replaced)
+    examples = effects_table(lm, problems, clean, traces, replaced, scored_clean=_scored_clean)
     return InterventionResult(model, spec, examples, clean, traces, level, resamples, seed)
 
 
 def effects_table(
-    lm: LatentLM, problems: Sequence[Problem], clean: Sequence[Trace], traces: Sequence[Trace], replaced: list[int]
+    lm: LatentLM,
+    problems: Sequence[Problem],
+    clean: Sequence[Trace],
+    traces: Sequence[Trace],
+    replaced: list[int],
+    scored_clean: Sequence[Scored] | None = None,
 ) -> pd.DataFrame:
-    """Per-example effects of an intervened run against the clean run (see :class:`InterventionResult`)."""
+    """Per-example effects of an intervened run against the clean run (see :class:`InterventionResult`).
+
+    ``scored_clean``: the clean traces' gold-answer scoring (:func:`score_answers`), when a sweep
+    already has it (it depends on the clean run only).
+    """
     gold_ids = [answer_ids(lm, p.answer) for p in problems]
     clean_answers = [extract_answer(t.text()) for t in clean]
     answers = [extract_answer(t.text()) for t in traces]
-    scored_clean = score_answers(lm, list(clean), gold_ids)
+    if scored_clean is None:
+        scored_clean = score_answers(lm, list(clean), gold_ids)
     scored = score_answers(lm, list(traces), gold_ids)
     rows = []
     for i, p in enumerate(problems):
@@ -510,10 +521,16 @@ def intervention_sweep(
         clean, _ = generate_problems(
             lm, problems, None, batch_size=options.get("batch_size", 200), max_new_tokens=options.get("max_new_tokens", 160)
         )
+    clean = list(clean)
+    scored_clean = None  # scored once, on the first intervention that applies, and shared
     results = []
     for item in interventions:
         spec = Intervention.parse(item, seed=seed) if isinstance(item, str) else item
         if spec.kind in FUSION_ONLY and lm.config.mode != "fusion":
             continue
-        results.append(intervene(lm, problems, spec, clean=clean, model=model, seed=seed, **options))
+        if scored_clean is None and len(clean) == len(problems):
+            scored_clean = score_answers(lm, clean, [answer_ids(lm, p.answer) for p in problems])
+        results.append(
+            intervene(lm, problems, spec, clean=clean, model=model, seed=seed, _scored_clean=scored_clean, **options)
+        )
     return InterventionSweep(model, results)
