@@ -472,7 +472,7 @@ def _lensing(*args, tmp_path, timeout=120):
         (["eval", "no-such-model"], "lensing eval: unknown model 'no-such-model'"),
         (["trace", "arith-tiny", "a=1</s>"], r"lensing trace: text 'a=1</s>\\n' contains special token"),
         (["collapse", "--out", "notes.txt"], "lensing collapse: --out notes.txt is a file; give a folder"),
-        (["train", "--out", "run", "--steps", "1,2"], "lensing train: --steps '1,2': give three positive step counts"),
+        (["train", "--out", "run", "--steps", "1,2"], "lensing train: curriculum 'lt' on 'arith' has 3 stages"),
         (["train", "--out", "run", "--task", "hops9"], "lensing train: unknown task 'hops9'"),
         (["train", "--out", "busy"], r"lensing train: --out busy is not empty \(holds mine.txt\)"),
         (["eval", "damaged"], "lensing eval: .*damaged.* looks like a lensing checkpoint"),

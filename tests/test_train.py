@@ -33,7 +33,8 @@ def test_insertion_follows_gold_probability_on_the_same_sequence(tiny_lm, exampl
     probs = torch.cat([t.gold_prob[len(e.prompt_ids) - 1 : -2] for t, e in zip(traces, examples, strict=True)])
     tau = float(probs.median())
     tiny_lm.config = replace(tiny_lm.config, tau=tau, max_latents_per_position=1, insert_probs=(1.0,))
-    inserted = insert_latents(tiny_lm, examples, seed=0)
+    # score() reads p(gold) with <thinking> in the softmax: the old rule
+    inserted = insert_latents(tiny_lm, examples, seed=0, real_vocab=False)
     for trace, e, new in zip(traces, examples, inserted, strict=True):
         p = len(e.prompt_ids)
         expected = []
@@ -48,7 +49,7 @@ def test_insertion_follows_gold_probability_on_the_same_sequence(tiny_lm, exampl
     assert [tuple(t for t in e.completion_ids if t != tiny_lm.thinking_id) for e in inserted] == [
         e.completion_ids for e in examples
     ]
-    assert insert_latents(tiny_lm, inserted, seed=0) == inserted
+    assert insert_latents(tiny_lm, inserted, seed=0, real_vocab=False) == inserted
 
 
 def test_insertion_counts_follow_probabilities(tiny_lm, examples):
@@ -75,3 +76,111 @@ def test_curriculum_is_deterministic_and_writes_three_checkpoints(tmp_path):
     first = LatentLM.from_pretrained(tmp_path / "a" / "cot").state_dict()
     later = LatentLM.from_pretrained(tmp_path / "a" / "lt").state_dict()
     assert any(not torch.equal(first[k], later[k]) for k in first)  # stages 2-3 really trained
+
+
+# ------------------------------------------------------------------ curricula
+from lensing.tasks import get as get_task  # noqa: E402
+from lensing.train.curricula import CURRICULA, split_budget, stages  # noqa: E402
+from lensing.train.data import answer_only, latent_steps_examples  # noqa: E402
+
+
+@pytest.fixture
+def hops_lm(tmp_path):
+    from lensing.train.curriculum import TrainConfig, build_model
+
+    cfg = TrainConfig(task="hops", n_layers=2, d_model=32, n_heads=4, d_mlp=64)
+    return build_model(cfg, tmp_path / "tok")
+
+
+def test_coconut_data_puts_s_times_c_latents_after_the_prompt_with_no_loss(hops_lm):
+    problems = [get_task("hops").sample(k, random.Random(k)) for k in (2, 3, 4, 5)]
+    plain = encode_problems(hops_lm, problems)
+    think = hops_lm.thinking_id
+    for s in range(0, 6):
+        for c in (1, 2):
+            for e, p in zip(latent_steps_examples(hops_lm, plain, s, per_step=c), problems, strict=True):
+                hidden = min(s, p.steps)
+                assert e.completion_ids[: hidden * c] == (think,) * (hidden * c)
+                assert think not in e.completion_ids[hidden * c :]
+                assert e.labels[: hidden * c] == (-100,) * (hidden * c)  # no loss on latents
+                rest = hops_lm.tokenizer.decode(e.completion_ids[hidden * c :], skip_special_tokens=True)
+                assert rest == "".join(line + "\n" for line in p.cot[hidden:]) + f"###{p.answer}"
+                assert e.labels[hidden * c :] == e.completion_ids[hidden * c :]
+                ids, mask, labels = collate([e], hops_lm._pad_id)
+                assert (labels[0, len(e.prompt_ids) : len(e.prompt_ids) + hidden * c] == -100).all()
+
+
+def test_step_supervision_labels_each_latent_with_its_step_value(hops_lm):
+    p = get_task("hops").sample(3, random.Random(0))
+    assert p.cot == ("e>g", "g>h", "h>d")
+    [e] = latent_steps_examples(hops_lm, encode_problems(hops_lm, [p]), 2, per_step=2, supervise_steps=True)
+    decode = hops_lm.tokenizer.convert_ids_to_tokens
+    assert decode(list(e.labels[:4])[1::2]) == ["g", "h"]  # the last latent of each step
+    assert e.labels[0::2][:2] == (-100, -100)
+    assert hops_lm.tokenizer.decode(e.completion_ids) == "<thinking>" * 4 + "h>d\n###d</s>"
+
+
+def test_answer_only_drops_the_chain(hops_lm):
+    p = get_task("hops").sample(4, random.Random(1))
+    [e] = answer_only(hops_lm, encode_problems(hops_lm, [p]))
+    assert hops_lm.tokenizer.decode(e.completion_ids) == f"###{p.answer}</s>"
+
+
+def test_stage_plans_and_equal_budgets():
+    assert [s.name for s in stages("lt", 5)] == ["cot", "hidden", "lt"]
+    assert [s.name for s in stages("coconut", 3)] == ["cot", "stage1", "stage2", "coconut"]
+    assert [s.latent_steps for s in stages("pause", 2)] == [None, 1, 2]
+    assert {s.mode for s in stages("pause", 2)} == {"token"}
+    assert {s.mode for s in stages("coconut", 2, latent_kind="prediction")} == {"prediction"}
+    for curriculum in CURRICULA:
+        for total in (7, 1000, 2401):
+            assert sum(split_budget(total, stages(curriculum, 5))) == total
+    with pytest.raises(ValueError, match="unknown curriculum 'codi2'"):
+        stages("codi2", 3)
+
+
+def test_real_vocab_scoring_ignores_thinking_mass(tiny_lm, examples):
+    from lensing.train import gold_probabilities
+
+    with torch.no_grad():
+        tiny_lm.model.lm_head.weight[tiny_lm.thinking_id] *= 4  # thinking takes much of the mass
+    real = gold_probabilities(tiny_lm, examples, real_vocab=True)
+    mixed = gold_probabilities(tiny_lm, examples, real_vocab=False)
+    for r, m in zip(real, mixed, strict=True):
+        assert all(a >= b - 1e-6 for a, b in zip(r, m, strict=True))
+        assert any(a > b + 1e-3 for a, b in zip(r, m, strict=True))
+
+
+@pytest.mark.parametrize("curriculum", CURRICULA)
+def test_every_curriculum_lowers_the_loss(curriculum, tmp_path):
+    """A few steps of each curriculum on hops: the final model fits its final stage's data better
+    than the same initialisation did, and coconut-style models are evaluated fully latent."""
+    from dataclasses import replace
+
+    from lensing.train import evaluate
+    from lensing.train.curriculum import TrainConfig, build_model
+
+    plan = stages(curriculum, 5)
+    cfg = TrainConfig(
+        task="hops", curriculum=curriculum, n_layers=2, d_model=32, n_heads=4, d_mlp=64,
+        budget=8 * len(plan), lr=(3e-3,), batch_size=8, warmup=2, n_train=6, n_val=0, n_test=1,
+        # sparse LT insertion keeps the latent forward short on an untrained model
+        latent=replace(PRESETS["hops"].latent, max_latents_per_position=1, insert_probs=(0.3,)),
+    )  # fmt: skip
+    records = run_curriculum(cfg, tmp_path / "run", log=lambda m: None, checkpoint_every=1000)
+    assert list(records) == [s.name for s in plan]
+    assert sum(r["training"]["steps"] for r in records.values()) == cfg.budget
+    final = LatentLM.from_pretrained(tmp_path / "run" / plan[-1].name)
+    assert final.meta["curriculum"] == curriculum and final.meta["task"] == "hops"
+    initial = build_model(cfg, tmp_path / "tok")
+    initial.config = final.config
+    problems = [get_task("hops").sample(k, random.Random(k)) for k in (2, 3, 4, 5)]
+    data = plan[-1].build(final, encode_problems(final, problems), 0, cfg)
+    ids, mask, labels = collate(data, final._pad_id)
+    with torch.no_grad():
+        before, after = initial(ids, mask, labels).loss, final(ids, mask, labels).loss
+    assert after < before - 0.1, (float(before), float(after))
+    if curriculum in ("coconut", "stepsup", "pause"):
+        assert final.meta["inference"] == {"latents_per_step": 1, "max_latent_steps": 5}
+        result = evaluate(final, problems, max_new_tokens=8)
+        assert result.n_latents == [2, 3, 4, 5]  # fully latent: one forced latent per hop

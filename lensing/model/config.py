@@ -7,7 +7,7 @@ from typing import Literal
 
 THINKING_TOKEN = "<thinking>"
 
-Mode = Literal["fusion", "hidden", "prediction"]
+Mode = Literal["fusion", "hidden", "prediction", "token"]
 TopPRule = Literal["reference", "nucleus"]
 
 
@@ -17,7 +17,8 @@ class LatentConfig:
 
     Attributes:
         mode: ``fusion`` = alpha*h + (1-alpha)*e_pred (LT-Tuning); ``hidden`` = h alone
-            (Coconut-style); ``prediction`` = e_pred alone (Soft-Thinking-style).
+            (Coconut-style); ``prediction`` = e_pred alone (Soft-Thinking-style); ``token`` = the
+            `<thinking>` token's own learned embedding, whatever came before (a pause token).
         alpha: weight of the context part h in the fusion.
         temperature: softmax temperature for the prediction part.
         top_p: probability mass kept before renormalising.
@@ -45,8 +46,8 @@ class LatentConfig:
 
     def __post_init__(self) -> None:
         self.insert_probs = tuple(self.insert_probs)
-        if self.mode not in ("fusion", "hidden", "prediction"):
-            raise ValueError(f"LatentConfig.mode must be fusion, hidden or prediction, got {self.mode!r}")
+        if self.mode not in ("fusion", "hidden", "prediction", "token"):
+            raise ValueError(f"LatentConfig.mode must be fusion, hidden, prediction or token, got {self.mode!r}")
         if self.top_p_rule not in ("reference", "nucleus"):
             raise ValueError(f"LatentConfig.top_p_rule must be reference or nucleus, got {self.top_p_rule!r}")
         if not 0.0 <= self.alpha <= 1.0:

@@ -64,8 +64,9 @@ def latent_embedding(
 ) -> tuple[Float[Tensor, "... d_model"], Float[Tensor, "... d_model"]]:
     """The latent input vector and its prediction part ``e_pred``.
 
-    fusion: ``alpha*h + (1-alpha)*e_pred``; hidden: ``h``; prediction: ``e_pred``; then the
-    optional adapter. No gate and no normalisation, as in the paper.
+    fusion: ``alpha*h + (1-alpha)*e_pred``; hidden: ``h``; prediction: ``e_pred``; token: the
+    `<thinking>` row of the embedding matrix (a pause token: nothing flows from the position
+    before); then the optional adapter. No gate and no normalisation, as in the paper.
     """
     probs = prediction_distribution(logits, config, thinking_id).to(embedding_matrix.dtype)
     e_pred = probs @ embedding_matrix
@@ -73,8 +74,10 @@ def latent_embedding(
         latent = config.alpha * h.to(e_pred.dtype) + (1.0 - config.alpha) * e_pred
     elif config.mode == "hidden":
         latent = h.to(e_pred.dtype)
-    else:
+    elif config.mode == "prediction":
         latent = e_pred
+    else:
+        latent = embedding_matrix[thinking_id].expand_as(e_pred)
     if adapter is not None:
         latent = adapter(latent)
     return latent, e_pred

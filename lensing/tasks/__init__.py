@@ -1,25 +1,51 @@
-"""Synthetic reasoning tasks with graded difficulty."""
+"""Synthetic reasoning tasks behind one protocol: ``arith``, ``hops`` and ``graph`` built in.
 
-from lensing.tasks.arith import (
+>>> import random
+>>> from lensing import tasks
+>>> tasks.names()
+['arith', 'graph', 'hops']
+>>> tasks.get("hops").sample(3, random.Random(0)).cot
+('e>g', 'g>h', 'h>d')
+"""
+
+from lensing.tasks.arith import MAX_STEPS, ArithTask, extract_answer, is_correct, make_problem
+from lensing.tasks.base import (
     ANSWER_MARKER,
-    MAX_STEPS,
+    ExactAnswer,
     Problem,
     Splits,
-    extract_answer,
-    is_correct,
-    make_problem,
+    Task,
+    answer_text,
+    get,
     make_splits,
+    names,
+    register,
 )
+from lensing.tasks.graph import GraphTask
+from lensing.tasks.hops import HopsTask
 from lensing.tasks.tokenizer import build_char_tokenizer
+
+register(ArithTask())
+register(HopsTask())
+register(GraphTask())
 
 __all__ = [
     "ANSWER_MARKER",
     "MAX_STEPS",
+    "ArithTask",
+    "ExactAnswer",
+    "GraphTask",
+    "HopsTask",
     "Problem",
     "Splits",
+    "Task",
+    "answer_text",
     "build_char_tokenizer",
     "extract_answer",
+    "get",
     "is_correct",
     "make_problem",
     "make_splits",
+    "names",
+    "register",
 ]

@@ -19,41 +19,13 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import asdict, dataclass
+
+from lensing.tasks.base import ANSWER_MARKER, Problem
 
 VARIABLES = "abcdefg"
 MAX_STEPS = len(VARIABLES) - 1
-ANSWER_MARKER = "###"
 MODULUS = 100
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One arithmetic chain with its gold chain of thought and answer."""
-
-    question: str
-    cot: tuple[str, ...]
-    answer: int
-    steps: int
-    structure: str
-    intermediates: tuple[int, ...]
-
-    @property
-    def prompt(self) -> str:
-        """What the model is given: the question and a newline."""
-        return self.question + "\n"
-
-    @property
-    def completion(self) -> str:
-        """What the model must write: one CoT line per step, then the answer."""
-        return "".join(line + "\n" for line in self.cot) + f"{ANSWER_MARKER}{self.answer}"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> Problem:
-        return cls(**{**data, "cot": tuple(data["cot"]), "intermediates": tuple(data["intermediates"])})
+CHARACTERS = "0123456789abcdefg=+-;?#\n"
 
 
 def make_problem(steps: int, rng: random.Random) -> Problem:
@@ -74,7 +46,7 @@ def make_problem(steps: int, rng: random.Random) -> Problem:
         intermediates.append(new)
         value = new
     question = ";".join(clauses) + f";{VARIABLES[steps]}?"
-    return Problem(question, tuple(cot), value, steps, "".join(ops), tuple(intermediates))
+    return Problem(question, tuple(cot), value, steps, "".join(ops), tuple(intermediates), "arith")
 
 
 def problem_space_size(steps: int) -> int:
@@ -93,48 +65,18 @@ def is_correct(text: str, problem: Problem) -> bool:
     return extract_answer(text) == problem.answer
 
 
-@dataclass(frozen=True)
-class Splits:
-    """Disjoint train / val / test problem sets."""
+class ArithTask:
+    """The arithmetic chains as a :class:`~lensing.tasks.Task` (difficulty = number of steps)."""
 
-    train: list[Problem]
-    val: list[Problem]
-    test: list[Problem]
+    name = "arith"
+    characters = CHARACTERS
+    difficulties = tuple(range(1, MAX_STEPS + 1))
 
+    def sample(self, difficulty: int, rng: random.Random) -> Problem:
+        return make_problem(difficulty, rng)
 
-def make_splits(
-    n_train: int,
-    n_val: int,
-    n_test: int,
-    difficulties: tuple[int, ...] = tuple(range(1, MAX_STEPS + 1)),
-    seed: int = 0,
-) -> Splits:
-    """Seeded splits with ``n_*`` problems *per difficulty*; no question appears in two splits.
+    def check(self, text: str, problem: Problem) -> bool:
+        return is_correct(text, problem)
 
-    Test is drawn first, then val, then train, each skipping questions already taken, so the
-    test set for a seed does not depend on how much training data is asked for. Train takes
-    at most what is left of a difficulty's problem space (1-step chains have only 1800).
-    """
-    seen: set[str] = set()
-    taken = {steps: 0 for steps in difficulties}
-    out = {}
-    for split, n in (("test", n_test), ("val", n_val), ("train", n_train)):
-        rng = random.Random(f"{seed}-{split}")
-        problems = []
-        for steps in difficulties:
-            wanted = min(n, problem_space_size(steps) - taken[steps]) if split == "train" else n
-            count, attempts = 0, 0
-            while count < wanted:
-                attempts += 1
-                if attempts > 100 * wanted + 10_000:
-                    raise ValueError(f"cannot draw {wanted} distinct {steps}-step problems for {split}")
-                p = make_problem(steps, rng)
-                if p.question in seen:
-                    continue
-                seen.add(p.question)
-                taken[steps] += 1
-                problems.append(p)
-                count += 1
-        rng.shuffle(problems)
-        out[split] = problems
-    return Splits(**out)
+    def space_size(self, difficulty: int) -> int:
+        return problem_space_size(difficulty)

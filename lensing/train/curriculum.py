@@ -1,9 +1,9 @@
-"""The three-stage LT-Tuning curriculum: CoT, then hidden-state latents, then fusion latents.
+"""Training a curriculum (LT-Tuning by default) on a task: the config, the model, the stage loop.
 
-Stage 1 fine-tunes on the explicit chain of thought. Stages 2 and 3 rebuild the insertion data
-with the previous stage's model (Confidence-Driven Insertion) and train with ``hidden`` and then
-``fusion`` latents. The optimiser is reset at each stage; each stage ends with an evaluation and
-a checkpoint directory (``cot``, ``hidden``, ``lt``).
+Each stage trains with a fresh AdamW on its own data (built from the plain CoT examples by the
+model as the previous stage left it; see :mod:`lensing.train.curricula`), ends with an
+evaluation on the validation split and is saved as a checkpoint directory named after it
+(``cot``, ``hidden``, ``lt`` for LT-Tuning).
 """
 
 from __future__ import annotations
@@ -21,25 +21,46 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from lensing.model import LatentConfig, LatentLM
 from lensing.tasks import ANSWER_MARKER, build_char_tokenizer, make_splits
+from lensing.tasks import get as get_task
 from lensing.tasks.tokenizer import save_and_reload
-from lensing.train.data import Example, collate, encode_problems, insert_latents
+from lensing.train.curricula import Stage, split_budget, stages
+from lensing.train.data import Example, collate, encode_problems
 from lensing.train.evaluate import evaluate
 from lensing.train.runs import TOKENIZER_DIR, RunFolder
-
-STAGES = (("cot", "fusion"), ("hidden", "hidden"), ("lt", "fusion"))
 
 
 @dataclass
 class TrainConfig:
-    """Model size, data sizes and optimisation for the whole curriculum (``steps`` per stage)."""
+    """Task, curriculum, model size, data sizes and optimisation for a whole run.
+
+    ``steps`` and ``lr`` have one entry per stage (``lr``'s last entry repeats); with ``budget``
+    the curriculum's stages share that many steps by their weights instead. ``n_*`` count
+    problems per difficulty (``n_val=0`` skips the evaluation after each stage). ``insertion_scoring`` is how LT's Confidence-Driven Insertion reads
+    p(gold): over the real vocabulary (``real-vocab``) or with `<thinking>` in the softmax
+    (``with-thinking``, the rule the bundled arith models were trained with).
+    """
 
     n_layers: int = 4
     d_model: int = 128
     n_heads: int = 4
     d_mlp: int = 512
     max_len: int = 256
-    steps: tuple[int, int, int] = (1000, 400, 600)
-    lr: tuple[float, float, float] = (1e-3, 5e-4, 5e-4)
+    task: str = "arith"
+    curriculum: str = "lt"
+    latent_kind: str = "hidden"  # coconut / stepsup latents: hidden, fusion or prediction
+    latents_per_step: int = 1
+    steps: tuple[int, ...] = (1000, 400, 600)
+    lr: tuple[float, ...] = (1e-3, 5e-4, 5e-4)
+    budget: int | None = None
+    insertion_scoring: str = "real-vocab"
+
+    def __post_init__(self) -> None:
+        self.steps, self.lr = tuple(self.steps), tuple(self.lr)
+        if self.insertion_scoring not in ("real-vocab", "with-thinking"):
+            raise ValueError(f"insertion_scoring must be real-vocab or with-thinking, got {self.insertion_scoring!r}")
+        if self.latents_per_step < 1:
+            raise ValueError(f"latents_per_step must be at least 1, got {self.latents_per_step}")
+
     batch_size: int = 64
     warmup: int = 100
     weight_decay: float = 0.01
@@ -60,7 +81,7 @@ class TrainConfig:
 # tau=0.7 (the paper's) inserted 0.02 latents per problem, while tau=0.99 marks 0.4 (1 step) to
 # 4.3 (6 steps) uncertain tokens per problem (measured on 1,200 training problems).
 PRESETS = {
-    "tiny": TrainConfig(latent=LatentConfig(tau=0.99)),
+    "tiny": TrainConfig(latent=LatentConfig(tau=0.99), insertion_scoring="with-thinking"),
     "smoke": TrainConfig(
         n_layers=2,
         d_model=32,
@@ -73,6 +94,18 @@ PRESETS = {
         n_val=1,
         n_test=1,
     ),
+    # pointer chasing: 6,000 problems per hop count; written CoT needs ~2,000 steps at lr 2e-3 to
+    # get past its phase transition; Coconut's h is the last hidden state (after the final norm)
+    "hops": TrainConfig(
+        task="hops",
+        curriculum="stepsup",
+        steps=(2000, 400, 400, 400, 400, 400),
+        lr=(2e-3, 1e-3),
+        n_train=6000,
+        n_val=50,
+        n_test=100,
+        latent=LatentConfig(mode="hidden", layer=-1),
+    ),
     # for --base (a pretrained model): the paper's learning rate, model size comes from the base
     "base": TrainConfig(
         steps=(600, 300, 300), lr=(5e-5, 5e-5, 5e-5), batch_size=16, warmup=30, n_train=2000, n_val=20, n_test=50
@@ -81,8 +114,8 @@ PRESETS = {
 
 
 def build_model(cfg: TrainConfig, tokenizer_dir: Path) -> LatentLM:
-    """A randomly initialised Llama with a character tokenizer and the `<thinking>` token."""
-    tokenizer = save_and_reload(build_char_tokenizer(), tokenizer_dir)
+    """A randomly initialised Llama with a character tokenizer over the task's characters and `<thinking>`."""
+    tokenizer = save_and_reload(build_char_tokenizer(get_task(cfg.task).characters), tokenizer_dir)
     torch.manual_seed(cfg.seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -158,6 +191,21 @@ def train_stage(
     return losses
 
 
+def stage_plan(cfg: TrainConfig) -> tuple[list[Stage], tuple[int, ...]]:
+    """The curriculum's stages for the config's task and the optimizer steps of each."""
+    task = get_task(cfg.task)
+    plan = stages(cfg.curriculum, max(task.difficulties), cfg.latent_kind, cfg.latents_per_step)
+    if cfg.budget is not None:
+        return plan, split_budget(cfg.budget, plan)
+    if len(cfg.steps) != len(plan):
+        raise ValueError(
+            f"curriculum {cfg.curriculum!r} on {cfg.task!r} has {len(plan)} stages "
+            f"({', '.join(s.name for s in plan)}) but steps gives {len(cfg.steps)}; give one count per stage "
+            "or a total budget"
+        )
+    return plan, tuple(cfg.steps)
+
+
 def run_curriculum(
     cfg: TrainConfig,
     out: str | Path,
@@ -170,7 +218,8 @@ def run_curriculum(
     overwrite: bool = False,
     checkpoint_every: int = 200,
 ) -> dict[str, dict]:
-    """Trains all three stages and writes ``out/cot``, ``out/hidden`` and ``out/lt``; returns the records.
+    """Trains every stage of ``cfg.curriculum`` on ``cfg.task`` and writes one checkpoint per stage
+    into ``out`` (``cot``, ``hidden``, ``lt`` for LT-Tuning); returns the records by stage name.
 
     Without ``base`` the model is a fresh Llama of the config's size with a character tokenizer;
     with ``base`` (a name or directory :func:`lensing.load` accepts) a pretrained model is tuned.
@@ -178,14 +227,15 @@ def run_curriculum(
     an interrupted run with the same settings from its last finished stage and its last periodic
     checkpoint, every ``checkpoint_every`` steps); this is checked before any work.
     """
+    plan, steps = stage_plan(cfg)
     settings = {"train_config": cfg.to_dict(), "base": base, "dtype": str(dtype) if dtype else None}
-    run = RunFolder.open(out, settings, tuple(name for name, _ in STAGES), resume=resume, overwrite=overwrite)
+    run = RunFolder.open(out, settings, tuple(stage.name for stage in plan), resume=resume, overwrite=overwrite)
     out = run.path
     if run.stages_done:
         log(f"resuming run {run.run_id} in {out}: finished stages {', '.join(run.stages_done)}")
     torch.manual_seed(cfg.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    splits = make_splits(cfg.n_train, cfg.n_val, cfg.n_test, seed=cfg.seed)
+    splits = make_splits(cfg.n_train, cfg.n_val, cfg.n_test, seed=cfg.seed, task=cfg.task)
     if base is None:
         lm = build_model(cfg, out / TOKENIZER_DIR).to(device)
     else:
@@ -194,63 +244,68 @@ def run_curriculum(
         lm = load(base, device=device, dtype=dtype)
         lm.config, lm.answer_marker = cfg.latent, ANSWER_MARKER
     plain = encode_problems(lm, splits.train)
-    examples, records = plain, {}
-    for index, (name, mode) in enumerate(STAGES):
-        if name in run.stages_done:
-            lm = LatentLM.from_pretrained(out / name, device=device, dtype=dtype)
-            records[name] = lm.meta["record"]
+    records = {}
+    for index, stage in enumerate(plan):
+        if stage.name in run.stages_done:
+            lm = LatentLM.from_pretrained(out / stage.name, device=device, dtype=dtype)
+            records[stage.name] = lm.meta["record"]
             continue
-        if index > 0:
-            t0 = time.time()
-            examples = insert_latents(lm, plain, seed=cfg.seed + index)
-            lm.config = replace(lm.config, mode=mode)
-            n_lat = sum(e.completion_ids.count(lm.thinking_id) for e in examples) / len(examples)
-            log(f"stage {index + 1} ({name}): inserted {n_lat:.2f} latents per example in {time.time() - t0:.0f}s")
-        lm.config = replace(lm.config, mode=mode)
         t0 = time.time()
+        lm.config = replace(lm.config, mode=stage.mode)
+        examples = stage.build(lm, plain, cfg.seed + index, cfg)
+        n_lat = sum(e.completion_ids.count(lm.thinking_id) for e in examples) / len(examples)
+        if index > 0:
+            log(f"stage {index + 1} ({stage.name}): {n_lat:.2f} latents per example, data in {time.time() - t0:.0f}s")
+        lm.meta = {**lm.meta, "inference": stage.inference(cfg.latents_per_step)}
+        t0 = time.time()
+        lr = cfg.lr[min(index, len(cfg.lr) - 1)]
         losses = train_stage(
             lm,
             examples,
-            cfg.steps[index],
-            cfg.lr[index],
+            steps[index],
+            lr,
             cfg,
             cfg.seed + 100 * index,
-            f"stage {index + 1} ({name})",
+            f"stage {index + 1} ({stage.name})",
             run=run,
-            stage=name,
+            stage=stage.name,
             checkpoint_every=checkpoint_every,
         )
         wall = time.time() - t0
-        result = evaluate(lm, splits.val)
-        log(
-            f"stage {index + 1} ({name}): {wall:.0f}s, final loss {sum(losses[-50:]) / len(losses[-50:]):.4f}, "
-            f"val accuracy {result.accuracy:.1f}%"
-        )
-        records[name] = {
+        result = evaluate(lm, splits.val) if splits.val else None
+        accuracy = f", val accuracy {result.accuracy:.1f}%" if result else ""
+        log(f"stage {index + 1} ({stage.name}): {wall:.0f}s, final loss {sum(losses[-50:]) / len(losses[-50:]):.4f}{accuracy}")
+        records[stage.name] = {
             "stage": index + 1,
-            "name": name,
+            "name": stage.name,
             "training": {
                 "command": command,
+                "task": cfg.task,
+                "curriculum": cfg.curriculum,
                 "seed": cfg.seed,
-                "steps": cfg.steps[index],
+                "steps": steps[index],
+                "lr": lr,
+                "total_steps": sum(steps[: index + 1]),
                 "wall_time_s": round(wall, 1),
                 "losses": [round(x, 5) for x in losses],
                 "train_config": cfg.to_dict(),
-                "latents_per_example": sum(e.completion_ids.count(lm.thinking_id) for e in examples) / len(examples),
+                "latents_per_example": n_lat,
             },
-            "eval": {"split": "val", **result.to_dict()},
+            "eval": {"split": "val", **result.to_dict()} if result else None,
         }
         lm.save_pretrained(
-            out / name,
+            out / stage.name,
             extra={
                 "stage": index + 1,
-                "variant": name,
-                "task": "arith",
+                "variant": stage.name,
+                "task": cfg.task,
+                "curriculum": cfg.curriculum,
+                "inference": stage.inference(cfg.latents_per_step),
                 "base": base,
                 "run_id": run.run_id,
-                "record": records[name],
+                "record": records[stage.name],
             },
         )
-        run.mark_finished(name)
+        run.mark_finished(stage.name)
     run.write(complete=True)
     return records

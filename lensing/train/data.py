@@ -10,20 +10,34 @@ from jaxtyping import Int
 from torch import Tensor
 
 from lensing.model import LatentLM
-from lensing.tasks import Problem
+from lensing.tasks import ANSWER_MARKER, Problem
 
 
 @dataclass(frozen=True)
 class Example:
-    """A tokenised problem; the completion ends with EOS and may hold `<thinking>` ids."""
+    """A tokenised problem; the completion ends with EOS and may hold `<thinking>` ids.
+
+    ``labels`` (one per completion token; -100 = no loss) is what each completion position is
+    trained to be predicted as; by default the completion itself. Curricula set it to skip the
+    loss on latents (Coconut) or to supervise the step a latent stands for (step supervision).
+    """
 
     prompt_ids: tuple[int, ...]
     completion_ids: tuple[int, ...]
     problem: Problem
+    labels: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.labels is not None and len(self.labels) != len(self.completion_ids):
+            raise ValueError(f"{len(self.labels)} labels for {len(self.completion_ids)} completion tokens")
 
     @property
     def ids(self) -> tuple[int, ...]:
         return self.prompt_ids + self.completion_ids
+
+    @property
+    def completion_labels(self) -> tuple[int, ...]:
+        return self.completion_ids if self.labels is None else self.labels
 
 
 def encode_problems(lm: LatentLM, problems: list[Problem]) -> list[Example]:
@@ -37,7 +51,8 @@ def encode_problems(lm: LatentLM, problems: list[Problem]) -> list[Example]:
 def collate(
     examples: list[Example], pad_id: int
 ) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
-    """Right-padded ids, attention mask and labels (-100 on the prompt and on padding)."""
+    """Right-padded ids, attention mask and labels (-100 on the prompt, on padding and where the
+    example's own ``labels`` say so)."""
     if not examples:
         raise ValueError("empty batch: no examples to collate")
     width = max(len(e.ids) for e in examples)
@@ -48,18 +63,26 @@ def collate(
         n, p = len(e.ids), len(e.prompt_ids)
         ids[i, :n] = torch.tensor(e.ids)
         mask[i, :n] = 1
-        labels[i, p:n] = ids[i, p:n]
+        labels[i, p:n] = torch.tensor(e.completion_labels)
     return ids, mask, labels
 
 
 @torch.no_grad()
-def gold_probabilities(lm: LatentLM, examples: list[Example], batch_size: int = 256) -> list[list[float]]:
-    """For each example, the model's probability of each completion token given everything before it."""
+def gold_probabilities(
+    lm: LatentLM, examples: list[Example], batch_size: int = 256, real_vocab: bool = True
+) -> list[list[float]]:
+    """For each example, the model's probability of each completion token given everything before it.
+
+    With ``real_vocab`` the softmax runs over the real vocabulary: `<thinking>` is masked out, so
+    the mass the model gives to thinking does not make a gold token look uncertain.
+    """
     out = []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
         ids, mask, _ = collate(chunk, lm._pad_id)
         logits = lm(ids.to(lm.device), mask.to(lm.device)).logits.float()
+        if real_vocab:
+            logits[..., lm.thinking_id] = float("-inf")
         probs = torch.softmax(logits[:, :-1], -1).gather(2, ids[:, 1:, None].to(lm.device)).squeeze(2).cpu()
         for i, e in enumerate(chunk):
             p = len(e.prompt_ids)
@@ -67,18 +90,20 @@ def gold_probabilities(lm: LatentLM, examples: list[Example], batch_size: int = 
     return out
 
 
-def insert_latents(lm: LatentLM, examples: list[Example], seed: int, batch_size: int = 256) -> list[Example]:
+def insert_latents(
+    lm: LatentLM, examples: list[Example], seed: int, batch_size: int = 256, real_vocab: bool = True
+) -> list[Example]:
     """Confidence-Driven Insertion: `<thinking>` tokens before each uncertain gold token.
 
     Each example is first stripped of latents, then scored by ``lm`` on exactly that sequence;
     before every completion token (EOS excepted) whose probability is below ``lm.config.tau``,
     the k-th latent is inserted with probability ``insert_probs[k]`` (stopping at the first miss).
-    The explicit CoT is kept.
+    The explicit CoT is kept. ``real_vocab``: see :func:`gold_probabilities`.
     """
     cfg, rng = lm.config, random.Random(seed)
     plain = [replace(e, completion_ids=tuple(t for t in e.completion_ids if t != lm.thinking_id)) for e in examples]
     result = []
-    for example, probs in zip(plain, gold_probabilities(lm, plain, batch_size), strict=True):
+    for example, probs in zip(plain, gold_probabilities(lm, plain, batch_size, real_vocab), strict=True):
         completion = []
         for j, (token, p) in enumerate(zip(example.completion_ids, probs, strict=True)):
             if p < cfg.tau and j < len(example.completion_ids) - 1:
@@ -89,3 +114,49 @@ def insert_latents(lm: LatentLM, examples: list[Example], seed: int, batch_size:
             completion.append(token)
         result.append(replace(example, completion_ids=tuple(completion)))
     return result
+
+
+def answer_only(lm: LatentLM, examples: list[Example]) -> list[Example]:
+    """The no-CoT data: the completion is the answer marker and the answer alone."""
+    eos = lm.tokenizer.eos_token_id
+    return [
+        replace(e, completion_ids=(*lm.encode(f"{ANSWER_MARKER}{e.problem.answer}", add_bos=False), eos), labels=None)
+        for e in examples
+    ]
+
+
+def latent_steps_examples(
+    lm: LatentLM, examples: list[Example], latent_steps: int, per_step: int = 1, supervise_steps: bool = False
+) -> list[Example]:
+    """Coconut's stage data: the first ``latent_steps`` CoT lines become ``per_step`` latents each.
+
+    The latents follow the prompt directly; the remaining lines and the answer are written out.
+    There is no loss on the latents (the model is not asked to emit them: generation forces
+    them), unless ``supervise_steps``: then the position before the last latent of step ``j``
+    is trained to predict the first token of the problem's ``intermediates[j]``, the value that
+    step reaches (step-level supervision, in the spirit of SIM-CoT).
+
+    For the 3-hop problem ``...;e^3?`` (CoT ``e>g``, ``g>h``, ``h>d``) at stage 2 the completion is
+    ``<thinking><thinking>h>d\n###d</s>``; with ``supervise_steps`` the two latent positions are
+    labelled ``g`` and ``h`` (the model predicts them at the position before each latent).
+    """
+    if latent_steps < 0 or per_step < 1:
+        raise ValueError(f"latent_steps must be >= 0 and per_step >= 1, got {latent_steps} and {per_step}")
+    eos, out = lm.tokenizer.eos_token_id, []
+    for e in examples:
+        problem = e.problem
+        hidden = min(latent_steps, len(problem.cot))
+        written = "".join(line + "\n" for line in problem.cot[hidden:]) + f"{ANSWER_MARKER}{problem.answer}"
+        text_ids = tuple(lm.encode(written, add_bos=False)) + (eos,)
+        latent_labels = [-100] * (hidden * per_step)
+        if supervise_steps:
+            for j in range(hidden):
+                latent_labels[(j + 1) * per_step - 1] = lm.encode(str(problem.intermediates[j]), add_bos=False)[0]
+        out.append(
+            replace(
+                e,
+                completion_ids=(lm.thinking_id,) * (hidden * per_step) + text_ids,
+                labels=tuple(latent_labels) + text_ids,
+            )
+        )
+    return out

@@ -125,7 +125,8 @@ class RunFolder:
         """Everything needed to continue ``stage`` after ``step`` steps, replacing the last one atomically."""
         tmp = Path(tempfile.mkdtemp(prefix=f"{RESUME_DIR}.", dir=self.path))
         try:
-            save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+            weights = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+            save_file(weights, str(tmp / "model.safetensors"))
             state = optimizer.state_dict()
             tensors = {
                 f"{index}.{key}": value.contiguous()

@@ -1,0 +1,55 @@
+"""Pointer chasing ("hops"): a serial task where every step depends on the one before.
+
+The ``nodes`` letters form one random cycle, written as shuffled edges; the question asks where
+``k`` hops from a start node lead. The chain of thought writes one hop per line::
+
+    >>> problem = HopsTask().sample(2, random.Random(0))
+    >>> print(problem.prompt + problem.completion)
+    b>e;g>h;f>b;h>d;e>g;d>a;a>c;c>f;e^2?
+    e>g
+    g>h
+    ###h
+
+Nothing in the prompt shortcuts the chain: hop ``j`` needs the node reached after ``j - 1``, so
+a model without written steps must carry each node internally (chance is ``1 / nodes``).
+Difficulty is ``k``; ``intermediates`` are the nodes reached after each hop.
+"""
+
+from __future__ import annotations
+
+import random
+import string
+
+from lensing.tasks.base import ExactAnswer, Problem
+
+
+class HopsTask(ExactAnswer):
+    """Follow ``k`` edges of a random cycle over ``nodes`` letters (k in ``difficulties``)."""
+
+    def __init__(self, nodes: int = 8, difficulties: tuple[int, ...] = (2, 3, 4, 5), name: str = "hops") -> None:
+        if not 2 <= nodes <= 26:
+            raise ValueError(f"hops needs 2 to 26 nodes, got {nodes}")
+        if not difficulties or min(difficulties) < 1:
+            raise ValueError(f"hops difficulties are hop counts of at least 1, got {difficulties}")
+        self.name, self.nodes, self.difficulties = name, nodes, tuple(difficulties)
+        self.letters = string.ascii_lowercase[:nodes]
+        self.characters = self.letters + "0123456789>;^?#\n"
+
+    def sample(self, difficulty: int, rng: random.Random) -> Problem:
+        if difficulty not in self.difficulties:
+            raise ValueError(f"{self.name} has difficulties {list(self.difficulties)}, not {difficulty}")
+        order = rng.sample(self.letters, self.nodes)
+        successor = {order[i]: order[(i + 1) % self.nodes] for i in range(self.nodes)}
+        edges = [f"{a}>{b}" for a, b in successor.items()]
+        rng.shuffle(edges)
+        start = rng.choice(self.letters)
+        path, node = [], start
+        for _ in range(difficulty):
+            path.append(successor[node])
+            node = successor[node]
+        cot = tuple(f"{a}>{b}" for a, b in zip([start, *path[:-1]], path, strict=True))
+        question = ";".join(edges) + f";{start}^{difficulty}?"
+        return Problem(question, cot, node, difficulty, str(difficulty), tuple(path), self.name)
+
+    def space_size(self, difficulty: int) -> None:
+        return None  # (nodes - 1)! cycles x nodes starts: never the limit
