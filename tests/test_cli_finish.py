@@ -98,7 +98,7 @@ def test_verbose_shows_third_party_progress(capsys):
 
 
 def test_trails_and_collapse_json_are_strict_with_reasons(tmp_path, capsys):
-    main(["trails", "arith-tiny", "--n", "12", "--json", "--out", str(tmp_path / "t")])
+    main(["trails", "arith-tiny", "--n", "6", "--json", "--out", str(tmp_path / "t")])
     report = strict(capsys.readouterr().out)
     _check_types(report)
     embed = report["layers"][0]
