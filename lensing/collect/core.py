@@ -86,7 +86,10 @@ class CollectStats:
         """Statistics of both sets of traces, as if collected in one pass."""
         return CollectStats(
             self.layer_labels,
-            [[a.merge(b) for a, b in zip(ra, rb, strict=True)] for ra, rb in zip(self.moments, other.moments, strict=True)],
+            [
+                [a.merge(b) for a, b in zip(ra, rb, strict=True)]
+                for ra, rb in zip(self.moments, other.moments, strict=True)
+            ],
             {name: value + other.sums[name] for name, value in self.sums.items()},
         )
 
@@ -101,7 +104,7 @@ class CollectStats:
         return out
 
     def from_tensors(self, tensors: dict[str, Tensor]) -> CollectStats:
-        """Statistics with this object's layout read from ``tensors``; a key or shape that does not fit raises ValueError."""
+        """Statistics with this object's layout read from ``tensors`` (a key or shape that does not fit: ValueError)."""
         mine = self.to_tensors()
         if set(tensors) != set(mine) or any(tensors[k].shape != v.shape for k, v in mine.items()):
             raise ValueError("statistics file does not match this run's layout (model, steps or task differ)")
@@ -125,7 +128,8 @@ class CollectStats:
         s = self.sums
 
         def ratio(a: Tensor, b: Tensor) -> list:
-            return [None if float(d) == 0 else float(n) / float(d) for n, d in zip(a.flatten(), b.flatten(), strict=True)]
+            pairs = zip(a.flatten(), b.flatten(), strict=True)
+            return [None if float(d) == 0 else float(n) / float(d) for n, d in pairs]
 
         problems = float(s["problems"].sum())
         by_difficulty = [
@@ -187,7 +191,9 @@ class CollectStats:
         }
 
 
-def chunk_stats(lm, probe, task, problems, empty: CollectStats, difficulties: list[int], settings: dict) -> CollectStats:
+def chunk_stats(
+    lm, probe, task, problems, empty: CollectStats, difficulties: list[int], settings: dict
+) -> CollectStats:
     """Generates for one chunk of problems, runs one hooked forward, and reduces it to statistics."""
     from lensing.probes.logit_lens import lens_statistics
 

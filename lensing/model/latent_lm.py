@@ -193,7 +193,8 @@ class LatentLM(nn.Module):
         of all rows at once from the previous pass's last column, with one KV cache (about one pass
         per latent depth, as in Coconut, instead of one per distinct latent column). Masked gap
         columns keep the rows aligned; position ids keep each token's own position, so every real
-        position sees exactly the keys it would see in the plain sequence. Gradients flow through the latents. ``labels`` are the input ids with -100
+        position sees exactly the keys it would see in the plain sequence. Gradients flow through the
+        latents. ``labels`` are the input ids with -100
         where no loss is wanted; the loss is next-token cross-entropy.
         """
         if input_ids.numel() == 0:
@@ -543,7 +544,7 @@ class LatentLM(nn.Module):
 
 @dataclass
 class DepthLayout:
-    """Where each token goes when a batch is laid out in blocks, one forward pass per block (see :func:`depth_layout`)."""
+    """Where each token goes when a batch is laid out in blocks, one forward pass per block (:func:`depth_layout`)."""
 
     column: Int[Tensor, "batch pos"]  # column of each token in the laid-out batch
     widths: Int[Tensor, " blocks"]  # width of each block
@@ -589,7 +590,7 @@ def depth_layout(is_latent: Int[Tensor, "batch pos"], pass_cost: float = PASS_CO
 
 
 def _pack(stops, n_stops, width, quantile) -> tuple[Tensor, list[int]]:
-    """Columns of every token when each block is as wide as the ``quantile`` of the rows' distances to their next stop."""
+    """Every token's column when each block is as wide as the ``quantile`` of the rows' distances to their next stop."""
     batch = stops.shape[0]
     device = stops.device
     rows = torch.arange(batch, device=device)
