@@ -309,6 +309,7 @@ const base = (title, h) => ({title: {text: title, font: {size: 13}, x: 0.02, xan
   paper_bgcolor: "white", plot_bgcolor: "white"});
 
 function T() { return D.traces[state.trace]; }
+const num = (x) => x === 0 ? "0" : Math.abs(x) < 0.01 ? x.toExponential(1) : x.toFixed(2);
 
 function defaultPos(tr) {
   const lat = tr.kinds.indexOf("latent");
@@ -438,11 +439,11 @@ function drawDla() {
   for (const r of z) for (const x of r) { bound = Math.max(bound, Math.abs(x)); total += x; }
   Plotly.react("dla", [{type: "heatmap", z: z, x: heads, y: Array.from({length: L}, (_, l) => "L" + l),
     colorscale: "RdBu", zmid: 0, zmin: -bound, zmax: bound, colorbar: {title: {text: "logit"}},
-    text: z.map((r) => r.map((x) => x.toFixed(2))), texttemplate: "%{text}"}],
+    text: z.map((r) => r.map(num)), texttemplate: "%{text}"}],
     Object.assign(base(`${label(tr, i)} \u2192 answer ${target}: direct contribution per head`, 320),
       {yaxis: {autorange: "reversed"}}), CONFIG);
   $("dla-note").textContent = i <= a.query
-    ? `through all heads: ${total.toFixed(3)} of the answer logit ${a.logit} (read at position ${a.query})`
+    ? `through all heads: ${num(total)} of the answer logit ${a.logit} (read at position ${a.query})`
     : `position ${i} comes after the answer is predicted (at ${a.query}): no contribution`;
   const per = [];
   for (let s = 0; s <= a.query; s++) {
