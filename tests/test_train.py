@@ -152,7 +152,7 @@ def test_real_vocab_scoring_ignores_thinking_mass(tiny_lm, examples):
 
 
 @pytest.mark.parametrize("curriculum", CURRICULA)
-def test_every_curriculum_lowers_the_loss(curriculum, tmp_path):
+def test_every_curriculum_lowers_the_loss(curriculum, tmp_path, capsys):
     """A few steps of each curriculum on hops: the final model fits its final stage's data better
     than the same initialisation did, and coconut-style models are evaluated fully latent."""
     from dataclasses import replace
@@ -184,3 +184,11 @@ def test_every_curriculum_lowers_the_loss(curriculum, tmp_path):
         assert final.meta["inference"] == {"latents_per_step": 1, "max_latent_steps": 5}
         result = evaluate(final, problems, max_new_tokens=8)
         assert result.n_latents == [2, 3, 4, 5]  # fully latent: one forced latent per hop
+    if curriculum == "stepsup":  # the command line evaluates on the checkpoint's own task, latents forced
+        import json
+
+        from lensing.cli import main
+
+        main(["eval", str(tmp_path / "run" / "stepsup"), "--n", "1", "--json"])
+        table = json.loads(capsys.readouterr().out)["table"]
+        assert [(row["steps"], row["mean_latents"]) for row in table] == [(2, 2), (3, 3), (4, 4), (5, 5), ("all", 3.5)]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from lensing._json import dumps
+
 
 def _problems(n: int, seed: int, steps: int | None = None):
     from lensing.tasks import MAX_STEPS, make_splits
@@ -34,7 +36,7 @@ def _cmd_intervene(args: argparse.Namespace) -> None:
     summary = result.summary()
     if args.json:
         per_example = json.loads(result.to_dataframe().to_json(orient="records"))
-        print(json.dumps({**summary, "per_example": per_example}, indent=1))
+        print(dumps({**summary, "per_example": per_example}))
         return
     print(f"{args.model}: {spec.name} on {summary['n']} test problems (95% bootstrap CIs, paired, seed {args.seed})")
     for label, key in (("clean", "clean"), ("intervened", "intervened")):
@@ -58,7 +60,7 @@ def _cmd_patch(args: argparse.Namespace) -> None:
     )
     out = result.to_json(args.component)
     if args.json:
-        print(json.dumps(out, indent=1))
+        print(dumps(out))
         return
     print(
         f"{args.model}: fraction of the answer logit difference recovered by patching {args.component} "

@@ -245,6 +245,12 @@ class Probe:
             out["decode_latents"] = compute_latent_decoding(self, cache, batch, options.get("top_k", 5))
         return out
 
+    def explore(self, traces, top_k: int = 5, title: str = ""):
+        """The latent explorer: displays inline in Jupyter; ``.save("x.html")`` writes the page."""
+        from lensing.viz.explore import explore
+
+        return explore(self, traces, top_k=top_k, title=title)
+
     # --------------------------------------------------------------- tuned lens
     def train_tuned_lens(self, traces, steps: int = 300, lr: float = 1e-2, seed: int = 0):
         """Fits one affine translator per layer (KL to the final distribution) and uses it for ``lens="tuned"``."""
