@@ -141,3 +141,79 @@ def test_bag_of_tokens_counts(lm):
     bag = bag_of_tokens([trace], lm.model.get_input_embeddings().num_embeddings)
     one = lm.encode("1", add_bos=False)[0]
     assert bag[0, one] == 2 and bag.sum() == trace.prompt_length
+
+
+def _synthetic_set(states, name="s", latents="natural"):
+    from lensing.studies import LatentSet
+
+    return LatentSet(name, latents, ["embed"], states, [s[:, 0] for s in states], [0 * s[:, 0] for s in states], "fusion", 1.0)
+
+
+def test_collapse_ci_recovers_known_geometry():
+    from lensing.studies import collapse_ci
+
+    gen = torch.Generator().manual_seed(0)
+    emb = torch.randn(30, 8, generator=gen)
+    point = torch.ones(8) * 3
+    collapsed = _synthetic_set([point.expand(2, 1, 8).clone() for _ in range(40)], "collapsed")
+    iso = _synthetic_set([torch.randn(2, 1, 8, generator=gen) for _ in range(40)], "iso")
+    df = collapse_ci([collapsed, iso], emb, max_step=2, min_problems=5, resamples=30, h_only=False)
+    pooled = df[df.step.isna()].set_index(["model", "metric"])
+    assert pooled.loc[("collapsed", "effective_rank"), "value"] == pytest.approx(0.0, abs=1e-6)
+    assert pooled.loc[("collapsed", "mean_cosine"), "value"] == pytest.approx(1.0)
+    assert pooled.loc[("iso", "effective_rank"), "value"] > 7  # 40 vectors in 8 dimensions
+    assert abs(pooled.loc[("iso", "mean_cosine"), "value"]) < 0.1
+    assert (pooled.vectors == 40).all()  # half the smallest set, the same size for every set
+    assert (df.ci_low <= df.value + 1e-9).all() and (df.value <= df.ci_high + 1e-9).all()
+    assert sorted(df.step.dropna().unique()) == [1, 2]
+
+
+def test_collapse_ci_covers_on_synthetic_data():
+    """The interval of the mean cosine covers the population value in most of 10 seeded draws."""
+    from lensing.studies import collapse_ci
+
+    direction = torch.nn.functional.normalize(torch.ones(6), dim=0)
+    covered = 0
+    for seed in range(10):
+        gen = torch.Generator().manual_seed(seed)
+        states = [(direction * 2 + torch.randn(1, 1, 6, generator=gen)) for _ in range(60)]
+        df = collapse_ci([_synthetic_set(states)], torch.randn(10, 6, generator=gen), max_step=0, resamples=30)
+        row = df[df.metric == "mean_cosine"].iloc[0]
+        big = direction * 2 + torch.randn(20000, 6, generator=torch.Generator().manual_seed(99))
+        truth = float(mean_pairwise_cosine(big[:3000].double()))
+        covered += row.ci_low <= truth <= row.ci_high
+    assert covered >= 7
+
+
+def test_natural_latents_are_the_trace_latents(lm):
+    from lensing.studies import latent_states
+
+    rng = random.Random(3)
+    problems = [make_problem(2, rng) for _ in range(6)]
+    natural = latent_states(lm, problems, "natural", batch_size=4)
+    traces = lm.generate([p.prompt for p in problems], max_new_tokens=160)
+    assert natural.counts == [t.n_latents for t in traces]
+    for states, trace in zip(natural.states, traces, strict=True):
+        fed = trace.input_embeds[trace.latent_positions].double()
+        torch.testing.assert_close(states[:, 0], fed, atol=1e-5, rtol=0)
+    forced = latent_states(lm, problems, "forced", force_latents=3)
+    assert forced.counts == [3] * 6
+    with pytest.raises(ValueError, match="latents must be"):
+        latent_states(lm, problems, "imagined")
+
+
+def test_natural_vs_forced_records(lm):
+    import json
+
+    from lensing._json import dumps
+    from lensing.studies import natural_vs_forced
+
+    rng = random.Random(4)
+    problems = [make_problem(2, rng) for _ in range(12)]
+    df = natural_vs_forced({"a": lm}, problems, "forced", force_latents=2, layers=["embed", "L1"], resamples=10)
+    assert set(df.latents) == {"forced"} and set(df.layer) == {"embed", "L1"}
+    assert {"model", "latents", "step", "layer", "metric", "value", "ci_low", "ci_high"} <= set(df.columns)
+    records = json.loads(dumps(df.to_dict(orient="records")))
+    assert len(records) == len(df) and all(isinstance(r["value"], float | None) for r in records)
+    with pytest.raises(ValueError, match="natural, forced or both|'natural', 'forced' or 'both'"):
+        natural_vs_forced({"a": lm}, problems, "sometimes")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import torch
@@ -231,3 +232,275 @@ def collapse_study(
         table.insert(0, "model", name)
         frames.append(table)
     return CollapseReport(pd.concat(frames, ignore_index=True))
+
+
+# ---------------------------------------------------------------------------------------------
+# Natural vs forced latents, with bootstrap confidence intervals over problems
+# ---------------------------------------------------------------------------------------------
+
+LATENT_KINDS = ("natural", "forced")
+CI_METRICS = ("effective_rank", "mean_cosine", "frechet_to_tokens", "norm_ratio")
+
+
+@dataclass
+class LatentSet:
+    """The latent vectors one model gives for each problem, at every read-out layer.
+
+    ``states[i]`` is ``[n_i, layer, d_model]``: the i-th problem's latents in trace order
+    (``latents="natural"``: every position generation marked latent, without forcing;
+    ``"forced"``: the first ``force_latents`` of a chain forced right after the prompt;
+    ``"text"``: the newline ending each CoT line, a non-latent reference). ``h`` and ``e_pred``
+    hold the two fusion parts of each latent (empty for ``"text"``); ``alpha`` is the model's
+    fusion weight (the latent input is ``alpha*h + (1-alpha)*e_pred`` in fusion mode).
+    """
+
+    model: str
+    latents: str
+    layer_labels: list[str]
+    states: list[Tensor]
+    h: list[Tensor]
+    e_pred: list[Tensor]
+    mode: str
+    alpha: float
+
+    @property
+    def counts(self) -> list[int]:
+        return [len(s) for s in self.states]
+
+    def rows(self, problems: list[int] | np.ndarray, layer: int, step: int | None = None) -> Tensor:
+        """Stacked vectors of the given problems (repeats allowed) at one layer: all latents, or the ``step``-th."""
+        if step is None:
+            parts = [self.states[i][:, layer] for i in problems]
+        else:
+            parts = [self.states[i][step - 1 : step, layer] for i in problems]
+        return torch.cat(parts) if parts else torch.zeros(0, self.states[0].shape[-1])
+
+
+@torch.no_grad()
+def latent_states(
+    lm: LatentLM,
+    problems: list[Problem],
+    latents: str = "natural",
+    force_latents: int = 6,
+    batch_size: int = 100,
+    max_new_tokens: int = 160,
+    name: str = "model",
+) -> LatentSet:
+    """Runs ``lm`` on ``problems`` and keeps every problem's latent vectors at every layer (see :class:`LatentSet`).
+
+    ``natural`` generates without forcing and keeps exactly ``trace.latent_positions``;
+    ``forced`` forces ``force_latents`` latents after the prompt (Coconut's "forcing k thoughts")
+    and keeps those; ``text`` keeps the CoT line ends of a normal generation.
+    """
+    from lensing.probes import attach
+
+    if latents not in (*LATENT_KINDS, "text"):
+        raise ValueError(f"latents must be 'natural', 'forced' or 'text', got {latents!r}")
+    if not problems:
+        raise ValueError("empty problem list: nothing to measure")
+    probe = attach(lm)
+    forced = force_latents if latents == "forced" else 0
+    states, hs, preds = [], [], []
+    for start in range(0, len(problems), batch_size):
+        chunk = problems[start : start + batch_size]
+        traces = lm.generate([p.prompt for p in chunk], max_new_tokens=max_new_tokens, force_latents=forced)
+        _, cache, _ = probe.run_with_cache(traces, probe.resid_names())
+        stack = probe.resid_stack(cache).cpu()  # [layer, batch, pos, d]
+        for i, trace in enumerate(traces):
+            if latents == "text":
+                anchors = text_anchors(trace)
+                h = e = torch.zeros(0, stack.shape[-1])
+            else:
+                anchors = trace.latent_positions[:forced] if forced else trace.latent_positions
+                h, e = trace.latent_h[: len(anchors)], trace.latent_pred[: len(anchors)]
+            states.append(stack[:, i, anchors].permute(1, 0, 2).double().clone())
+            hs.append(h.double().clone())
+            preds.append(e.double().clone())
+    return LatentSet(name, latents, probe.layer_labels, states, hs, preds, lm.config.mode, float(lm.config.alpha))
+
+
+def _ci_metrics(x: Tensor, token_stats: MomentStats, token_norm: Tensor) -> dict[str, float]:
+    """The headline metrics of one set of rows (NaN where the set is too small)."""
+    nan = float("nan")
+    if len(x) < 2:
+        return dict.fromkeys(CI_METRICS, nan)
+    stats = MomentStats.empty(x.shape[1]).update(x)
+    return {
+        "effective_rank": float(stats.effective_rank()),
+        "mean_cosine": float(stats.mean_pairwise_cosine()) if stats.unit_count > 1 else nan,
+        "frechet_to_tokens": float(stats.frechet_distance(token_stats)),
+        "norm_ratio": float(stats.mean_norm() / token_norm),
+    }
+
+
+def collapse_ci(
+    sets: list[LatentSet],
+    embeddings: Float[Tensor, "vocab d_model"] | dict[str, Tensor],
+    layers: list[str] | None = None,
+    max_step: int = 6,
+    min_problems: int = 10,
+    resamples: int = 200,
+    level: float = 0.95,
+    seed: int = 0,
+    h_only: bool = True,
+    vectors: int | None = None,
+) -> pd.DataFrame:
+    """Long table of the headline collapse metrics at a matched sample size, with bootstrap CIs over problems.
+
+    Rank and distribution metrics depend on how many vectors they see (with fewer vectors than
+    dimensions the effective rank grows with the count), and a bootstrap resample that repeats a
+    problem repeats its vectors, which lowers the rank. So every replicate draws problems with
+    replacement (``bootstrap_indices``, the same draws for every set, so sets over the same
+    problems are paired), keeps the distinct problems drawn, and measures a random subset of
+    exactly ``vectors`` of their latents without repeats. ``vectors`` defaults, per step, to half
+    the smallest count among ``sets`` (every set then compares at one size). ``value`` is the
+    mean over replicates, ``ci_low``/``ci_high`` their ``level`` percentiles, ``value_all`` the
+    metric on all vectors of the set (its own count, ``n``).
+
+    One row per (model, latents, vector, step, layer, metric). ``step`` is NaN for every latent
+    of a trace pooled, else the latent's order in the trace (1..``max_step``, kept where at least
+    ``min_problems`` problems reach it in every set). ``vector="input"`` is the latent's
+    read-out at each layer; with ``h_only`` fusion-mode sets also get ``vector="alpha*h"`` at
+    ``embed``: the input the model would get with the ``e_pred`` part dropped (an ablation of
+    the fusion). ``embeddings`` is one matrix or one per model name.
+    """
+    from lensing.interventions.stats import bootstrap_indices
+
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    counts = {id(s): np.array(s.counts) for s in sets}
+    steps: list[int | None] = [None] + [
+        k for k in range(1, max_step + 1) if all((c >= k).sum() >= min_problems for c in counts.values())
+    ]
+    rows = []
+    for step in steps:
+        sizes = [int(c.sum()) if step is None else int((c >= step).sum()) for c in counts.values()]
+        size = vectors or max(2, min(sizes) // 2)
+        for lset in sets:
+            emb = embeddings[lset.model] if isinstance(embeddings, dict) else embeddings
+            emb = emb.detach().double().cpu()
+            token_stats = MomentStats.empty(emb.shape[1]).update(emb)
+            token_norm = emb.norm(dim=-1).mean()
+            labels = layers or lset.layer_labels
+            kinds = [("input", lset.layer_labels.index(lab), lab) for lab in labels]
+            if h_only and lset.mode == "fusion" and lset.latents != "text" and "embed" in labels:
+                kinds.append(("alpha*h", None, "embed"))
+            count = counts[id(lset)]
+            have = np.flatnonzero(count >= (step or 1))
+            if len(have) < 2:
+                continue
+            draws = have[bootstrap_indices(len(have), resamples, seed)]
+            gen = torch.Generator().manual_seed(seed)
+            picks = []  # the same distinct problems and row subset for every layer of one replicate
+            for draw in draws:
+                distinct = np.unique(draw)
+                total = int(count[distinct].sum()) if step is None else len(distinct)
+                picks.append((distinct, torch.randperm(total, generator=gen)[:size] if total >= size else None))
+            for vector, layer, label in kinds:
+
+                def rows_of(idx, layer=layer):
+                    if layer is not None:
+                        return lset.rows(idx, layer, step)
+                    parts = [lset.h[i] if step is None else lset.h[i][step - 1 : step] for i in idx]
+                    return lset.alpha * torch.cat(parts)
+
+                everything = _ci_metrics(rows_of(have), token_stats, token_norm)
+                boot = [
+                    _ci_metrics(rows_of(distinct)[sub], token_stats, token_norm)
+                    if sub is not None
+                    else dict.fromkeys(CI_METRICS, float("nan"))
+                    for distinct, sub in picks
+                ]
+                for metric in CI_METRICS:
+                    values = np.array([b[metric] for b in boot])
+                    finite = values[np.isfinite(values)]
+                    value, lo, hi = (
+                        (finite.mean(), *np.quantile(finite, [(1 - level) / 2, (1 + level) / 2]))
+                        if len(finite)
+                        else (np.nan, np.nan, np.nan)
+                    )
+                    rows.append(
+                        {
+                            "model": lset.model,
+                            "latents": lset.latents,
+                            "vector": vector,
+                            "step": float("nan") if step is None else step,
+                            "layer": label,
+                            "metric": metric,
+                            "value": float(value),
+                            "ci_low": float(lo),
+                            "ci_high": float(hi),
+                            "vectors": size,
+                            "value_all": everything[metric],
+                            "n": int(count[have].sum()) if step is None else len(have),
+                            "problems": len(have),
+                        }
+                    )
+    return pd.DataFrame(rows)
+
+
+def fusion_parts(lset: LatentSet, resamples: int = 2000, seed: int = 0) -> dict[str, tuple[float, float, float]]:
+    """Mean norms of the two fusion parts, ``|alpha*h|`` and ``|(1-alpha)*e_pred|``, over problems with latents.
+
+    Each value is ``bootstrap_ci``'s ``(mean, lo, hi)`` of the per-problem mean norm, plus
+    ``latents_per_problem`` over all problems.
+    """
+    from lensing.interventions.stats import bootstrap_ci
+
+    have = [i for i, h in enumerate(lset.h) if len(h)]
+    if not have:
+        raise ValueError(f"{lset.model} ({lset.latents}) has no latents: no fusion parts to measure")
+    h = np.array([float((lset.alpha * lset.h[i]).norm(dim=-1).mean()) for i in have])
+    e = np.array([float(((1 - lset.alpha) * lset.e_pred[i]).norm(dim=-1).mean()) for i in have])
+    return {
+        "alpha_h_norm": bootstrap_ci(h, resamples=resamples, seed=seed),
+        "pred_norm": bootstrap_ci(e, resamples=resamples, seed=seed),
+        "latents_per_problem": bootstrap_ci(np.array(lset.counts, dtype=float), resamples=resamples, seed=seed),
+    }
+
+
+def natural_vs_forced(
+    models: dict[str, LatentLM],
+    problems: list[Problem],
+    latents: str = "both",
+    force_latents: int = 6,
+    layers: list[str] | None = None,
+    resamples: int = 200,
+    seed: int = 0,
+    text: bool = False,
+) -> pd.DataFrame:
+    """:func:`collapse_ci` for several models on the same problems: ``latents`` is natural, forced or both.
+
+    ``text=True`` adds the CoT line ends of each model as a non-latent reference (``latents="text"``).
+    """
+    kinds = {"both": LATENT_KINDS, "natural": ("natural",), "forced": ("forced",)}
+    if latents not in kinds:
+        raise ValueError(f"latents must be 'natural', 'forced' or 'both', got {latents!r}")
+    sets, emb = [], {}
+    for name, lm in models.items():
+        emb[name] = lm.model.get_input_embeddings().weight
+        for kind in kinds[latents] + (("text",) if text else ()):
+            sets.append(latent_states(lm, problems, kind, force_latents, name=name))
+    return collapse_ci(sets, emb, layers=layers, max_step=force_latents, resamples=resamples, seed=seed)
+
+
+def bundled_headline(
+    base: str = "arith-tiny", n: int = 60, resamples: int = 100, seed: int = 0
+) -> tuple[pd.DataFrame, dict[str, dict]]:
+    """The README's natural-vs-forced numbers: ``:lt`` and ``:hidden`` on ``n`` test problems, every
+    latent of a trace pooled, ``embed`` read-out (the latent input vectors); and each model's fusion
+    parts on its natural latents."""
+    from lensing.tasks import MAX_STEPS, make_splits
+    from lensing.zoo import load
+
+    problems = make_splits(0, 0, -(-n // MAX_STEPS), seed=seed).test[:n]
+    sets, emb, parts = [], {}, {}
+    for variant in ("lt", "hidden"):
+        name = f"{base}:{variant}"
+        lm = load(name)
+        emb[name] = lm.model.get_input_embeddings().weight
+        for kind in LATENT_KINDS:
+            sets.append(latent_states(lm, problems, kind, name=name))
+        parts[name] = fusion_parts(sets[-2], seed=seed)
+    table = collapse_ci(sets, emb, layers=["embed"], max_step=0, resamples=resamples, seed=seed)
+    return table, parts
