@@ -192,3 +192,20 @@ def test_every_curriculum_lowers_the_loss(curriculum, tmp_path, capsys):
         main(["eval", str(tmp_path / "run" / "stepsup"), "--n", "1", "--json"])
         table = json.loads(capsys.readouterr().out)["table"]
         assert [(row["steps"], row["mean_latents"]) for row in table] == [(2, 2), (3, 3), (4, 4), (5, 5), ("all", 3.5)]
+
+
+def test_codi_loss_is_teacher_plus_student_plus_distillation(hops_lm):
+    from conftest import close
+
+    from lensing.train.curricula import codi_loss
+    from lensing.train.curriculum import batch_loss
+
+    problems = [get_task("hops").sample(k, random.Random(10 + k)) for k in (2, 3, 4, 5)]
+    plain = encode_problems(hops_lm, problems)
+    students = latent_steps_examples(hops_lm, plain, 5)
+    base = codi_loss(hops_lm, students, weight=0.0)
+    close(base, batch_loss(hops_lm, plain) + batch_loss(hops_lm, students), tol=1e-5)
+    distill = codi_loss(hops_lm, students, weight=1.0) - base
+    assert distill > 0
+    # a student whose latents are replaced by its teacher's CoT is the teacher: nothing to distil
+    close(codi_loss(hops_lm, plain, weight=1.0), 2 * batch_loss(hops_lm, plain), tol=1e-5)

@@ -11,6 +11,10 @@ stepsup    coconut plus step-level supervision: the position before step j's las
            trained to predict the value step j reaches (the task's ``intermediates``)
 pause      the coconut schedule with pause tokens: a latent's input is the `<thinking>` token's
            own learned embedding, so nothing computed flows through it
+codi       CODI (Shen et al. 2025): after a CoT stage, a CoT teacher and a fully latent student
+           share the weights; both learn their text, and the student's hidden states (every
+           layer) at the position that predicts the answer are pulled to the teacher's
+           (teacher detached, smooth L1 scaled by the teacher's spread per layer)
 =========  ==================================================================================
 
 Every curriculum spends its budget as ``TrainConfig.steps`` say (one entry per stage) or, with
@@ -24,13 +28,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import torch
+from torch import Tensor, nn
+
 from lensing.model import LatentLM
-from lensing.train.data import Example, answer_only, insert_latents, latent_steps_examples
+from lensing.tasks import ANSWER_MARKER
+from lensing.train.data import Example, answer_only, collate, encode_problems, insert_latents, latent_steps_examples
 
 if TYPE_CHECKING:
     from lensing.train.curriculum import TrainConfig
 
-CURRICULA = ("cot", "nocot", "lt", "coconut", "stepsup", "pause")
+CURRICULA = ("cot", "nocot", "lt", "coconut", "stepsup", "pause", "codi")
 LATENT_KINDS = ("hidden", "fusion", "prediction")
 
 
@@ -44,6 +52,7 @@ class Stage:
     build: Callable[[LatentLM, list[Example], int, TrainConfig], list[Example]]
     weight: float
     latent_steps: int | None = None  # Coconut-style stages: CoT lines replaced by latents
+    loss: Callable[[LatentLM, list[Example]], Tensor] | None = None  # None: cross-entropy on the labels
 
     def inference(self, per_step: int) -> dict:
         """What evaluation must do with this stage's model (recorded in its checkpoint)."""
@@ -93,6 +102,9 @@ def stages(curriculum: str, max_steps: int, latent_kind: str = "hidden", per_ste
             Stage("hidden", "hidden", _inserted, 0.2),
             Stage("lt", "fusion", _inserted, 0.3),
         ]
+    if curriculum == "codi":
+        student = Stage("codi", latent_kind, _latent_steps(max_steps, per_step, False), 0.5, max_steps, codi_loss)
+        return [Stage("cot", latent_kind, _plain, 0.5), student]
     mode = "token" if curriculum == "pause" else latent_kind
     supervise = curriculum == "stepsup"
     latent = [
@@ -106,6 +118,38 @@ def stages(curriculum: str, max_steps: int, latent_kind: str = "hidden", per_ste
         for s in range(1, max_steps + 1)
     ]
     return [Stage("cot", mode, _plain, 0.5), *latent]
+
+
+def codi_loss(lm: LatentLM, students: list[Example], weight: float = 1.0) -> Tensor:
+    """CODI's objective on a batch of fully latent students: the teacher's CoT cross-entropy, the
+    student's cross-entropy, and ``weight`` x the distillation of every layer's hidden state at
+    the position that predicts the answer (the last character of the answer marker)."""
+    teachers = encode_problems(lm, [e.problem for e in students])
+    dev = lm.device
+    marker = lm.encode(ANSWER_MARKER, add_bos=False)[-1]
+    t_ids, t_mask, t_labels = (x.to(dev) for x in collate(teachers, lm._pad_id))
+    teacher = lm.model(input_ids=t_ids, attention_mask=t_mask, output_hidden_states=True)
+    t_loss = nn.functional.cross_entropy(
+        teacher.logits[:, :-1].reshape(-1, teacher.logits.shape[-1]).float(),
+        t_labels[:, 1:].reshape(-1),
+        ignore_index=-100,
+    )
+    s_ids, s_mask, s_labels = (x.to(dev) for x in collate(students, lm._pad_id))
+    student = lm(s_ids, s_mask, s_labels)
+    s_hidden = lm.model(
+        inputs_embeds=student.inputs_embeds, attention_mask=s_mask, output_hidden_states=True
+    ).hidden_states
+
+    def anchor(ids: Tensor, mask: Tensor) -> Tensor:  # the last marker character of each row
+        hits = (ids == marker) & mask.bool()
+        return (hits * torch.arange(ids.shape[1], device=dev)).argmax(1)
+
+    rows, t_at, s_at = torch.arange(len(students), device=dev), anchor(t_ids, t_mask), anchor(s_ids, s_mask)
+    distill = 0.0
+    for t_layer, s_layer in zip(teacher.hidden_states[1:], s_hidden[1:], strict=True):
+        target = t_layer[rows, t_at].detach()
+        distill = distill + nn.functional.smooth_l1_loss(s_layer[rows, s_at], target) / (target.std() + 1e-6)
+    return t_loss + student.loss + weight * distill / (len(s_hidden) - 1)
 
 
 def split_budget(total: int, plan: list[Stage]) -> tuple[int, ...]:

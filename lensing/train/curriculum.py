@@ -12,6 +12,7 @@ import math
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -35,9 +36,10 @@ class TrainConfig:
 
     ``steps`` and ``lr`` have one entry per stage (``lr``'s last entry repeats); with ``budget``
     the curriculum's stages share that many steps by their weights instead. ``n_*`` count
-    problems per difficulty (``n_val=0`` skips the evaluation after each stage). ``insertion_scoring`` is how LT's Confidence-Driven Insertion reads
-    p(gold): over the real vocabulary (``real-vocab``) or with `<thinking>` in the softmax
-    (``with-thinking``, the rule the bundled arith models were trained with).
+    problems per difficulty (``n_val=0`` skips the evaluation after each stage).
+    ``insertion_scoring`` is how LT's Confidence-Driven Insertion reads p(gold): over the real
+    vocabulary (``real-vocab``) or with `<thinking>` in the softmax (``with-thinking``, the rule
+    the bundled arith models were trained with).
     """
 
     n_layers: int = 4
@@ -142,6 +144,12 @@ def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def batch_loss(lm: LatentLM, batch: list[Example]) -> torch.Tensor:
+    """Next-token cross-entropy of the latent forward on the examples' labels."""
+    ids, mask, labels = collate(batch, lm._pad_id)
+    return lm(ids.to(lm.device), mask.to(lm.device), labels.to(lm.device)).loss
+
+
 def train_stage(
     lm: LatentLM,
     examples: list[Example],
@@ -153,6 +161,7 @@ def train_stage(
     run: RunFolder | None = None,
     stage: str = "",
     checkpoint_every: int = 0,
+    loss_fn: Callable[[LatentLM, list[Example]], torch.Tensor] | None = None,
 ) -> list[float]:
     """AdamW (fresh) on random batches of one difficulty each; returns the loss of every step.
 
@@ -160,7 +169,7 @@ def train_stage(
     positions across the batch, so the latent forward needs fewer segments. With a ``run``,
     every ``checkpoint_every`` steps the model, optimiser and batch sampler are saved to its
     ``.resume/`` and a later call continues from there, giving the same weights as an
-    uninterrupted stage.
+    uninterrupted stage. ``loss_fn(lm, batch)`` replaces the default loss (:func:`batch_loss`).
     """
     lm.train()
     params = [p for p in lm.parameters() if p.requires_grad]
@@ -176,8 +185,7 @@ def train_stage(
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, steps, lr, cfg.warmup)
         bucket = rng.choice(buckets)
-        ids, mask, labels = collate(rng.sample(bucket, min(cfg.batch_size, len(bucket))), lm._pad_id)
-        loss = lm(ids.to(lm.device), mask.to(lm.device), labels.to(lm.device)).loss
+        loss = (loss_fn or batch_loss)(lm, rng.sample(bucket, min(cfg.batch_size, len(bucket))))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -270,11 +278,15 @@ def run_curriculum(
             run=run,
             stage=stage.name,
             checkpoint_every=checkpoint_every,
+            loss_fn=stage.loss,
         )
         wall = time.time() - t0
         result = evaluate(lm, splits.val) if splits.val else None
         accuracy = f", val accuracy {result.accuracy:.1f}%" if result else ""
-        log(f"stage {index + 1} ({stage.name}): {wall:.0f}s, final loss {sum(losses[-50:]) / len(losses[-50:]):.4f}{accuracy}")
+        log(
+            f"stage {index + 1} ({stage.name}): {wall:.0f}s, "
+            f"final loss {sum(losses[-50:]) / len(losses[-50:]):.4f}{accuracy}"
+        )
         records[stage.name] = {
             "stage": index + 1,
             "name": stage.name,
