@@ -194,6 +194,7 @@ def test_every_curriculum_lowers_the_loss(curriculum, tmp_path, capsys):
         assert [(row["steps"], row["mean_latents"]) for row in table] == [(2, 2), (3, 3), (4, 4), (5, 5), ("all", 3.5)]
 
 
+@torch.no_grad()
 def test_codi_loss_is_teacher_plus_student_plus_distillation(hops_lm):
     from conftest import close
 
