@@ -204,10 +204,14 @@ TRAILS_NULL_REASONS = {
     "chain_ratio": _SAME_EMBED,
 }
 COLLAPSE_NULL_REASONS = {
-    "step": "text positions (CoT line ends) have no latent step",
+    "step": "text positions (CoT line ends) have no latent step; rows with a metric: every latent of a trace pooled",
     "step_cosine": "needs a previous step (undefined at the first step and at text positions)",
     "probe_first_result": "linear probes need enough samples per class (or were not run for this row)",
     "probe_answer": "linear probes need enough samples per class (or were not run for this row)",
+    "value": "too few latents for this metric in the bootstrap draws",
+    "ci_low": "too few latents for this metric in the bootstrap draws",
+    "ci_high": "too few latents for this metric in the bootstrap draws",
+    "value_all": "too few latents for this metric",
 }
 
 
@@ -218,7 +222,12 @@ def _cmd_collapse(args: argparse.Namespace) -> None:
     from lensing.zoo import load
 
     problems = _test_problems(args.n)
-    with progress("collapse", 2) as bar:
+    # --latents N (a whole number) is the older spelling of --chain N, with both kinds measured
+    kinds, chain = ("both", int(args.latents)) if args.latents.isdigit() else (args.latents, args.chain)
+    if kinds not in ("natural", "forced", "both") or chain < 1:
+        raise ValueError(f"--latents {args.latents!r}: give natural, forced or both (--chain sets the chain length)")
+    args.latents = chain
+    with progress("collapse", 3) as bar:
         bar.set_postfix_str(f"latent chains, {args.before} vs {args.after}")
         latent = collapse_study(
             {args.before: load(args.before), args.after: load(args.after)},
@@ -232,7 +241,18 @@ def _cmd_collapse(args: argparse.Namespace) -> None:
             {args.text_before: load(args.text_before), args.after: load(args.after)}, problems, where="text"
         )
         bar.update()
-    table = pd.concat([latent.table, text.table], ignore_index=True)
+        from lensing.studies import natural_vs_forced
+
+        bar.set_postfix_str(f"{kinds} latents with bootstrap CIs")
+        ci = natural_vs_forced(
+            {args.before: load(args.before), args.after: load(args.after)},
+            problems,
+            kinds,
+            force_latents=chain,
+            layers=["embed", f"L{load(args.after).model.config.num_hidden_layers - 1}"],
+        )
+        ci.insert(0, "where", "latent")
+    table = pd.concat([latent.table, text.table, ci], ignore_index=True)
     _write_table(table, args.out, "collapse", COLLAPSE_NULL_REASONS)
     if args.json:
         from lensing._json import dumps
@@ -264,7 +284,15 @@ def _cmd_collapse(args: argparse.Namespace) -> None:
                 f"chains of {args.latents} forced latents" if where == "latent" else "the newline ending each CoT line"
             )
             print(f"\n== {where} positions ({what}); {len(problems)} test problems ==")
+            part = part[part.metric.isna()] if "metric" in part else part
             print(part[[c for c in columns if c in part]].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+        ci = table[table.metric.notna()]
+        print(
+            f"\n== {kinds} latents: value (mean over bootstrap draws of `vectors` latents each, problems"
+            " resampled) and 95% CI; step NaN = all latents of a trace pooled =="
+        )
+        shown = ["model", "latents", "vector", "step", "layer", "metric", "value", "ci_low", "ci_high", "vectors"]
+        print(ci[shown].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
 
 
 def _cmd_trails(args: argparse.Namespace) -> None:
@@ -490,7 +518,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--after", default="arith-tiny", help="model after the change (default: LT-Tuning, stage 3)")
     p.add_argument("--text-before", default="arith-tiny:cot", help="model to compare on text positions")
     p.add_argument("--n", type=positive_int, default=300, help="test problems (all difficulties)")
-    p.add_argument("--latents", type=positive_int, default=6, help="length of the forced latent chain")
+    p.add_argument(
+        "--latents",
+        default="both",
+        help="natural (the latents the models emit), forced (a chain forced after the prompt) or both",
+    )
+    p.add_argument("--chain", type=positive_int, default=6, help="length of the forced latent chain")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.add_argument("--out", help="directory for collapse.csv and collapse.json")
     p.set_defaults(func=_cmd_collapse)
