@@ -217,3 +217,40 @@ def test_natural_vs_forced_records(lm):
     assert len(records) == len(df) and all(isinstance(r["value"], float | None) for r in records)
     with pytest.raises(ValueError, match="natural, forced or both|'natural', 'forced' or 'both'"):
         natural_vs_forced({"a": lm}, problems, "sometimes")
+
+
+def test_readme_natural_vs_forced_numbers():
+    """The README's natural-vs-forced table and fusion norms, recomputed with the same n and seed (~45 s)."""
+    from pathlib import Path
+
+    from lensing.studies.collapse import bundled_headline
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table, parts = bundled_headline()
+    pick = table[table.vector == "input"].set_index(["model", "latents", "metric"])
+    expected = {  # (model, latents, metric): (value, ci_low, ci_high) as the README prints them
+        ("arith-tiny:lt", "natural", "effective_rank"): (32.3, 30.6, 33.7),
+        ("arith-tiny:hidden", "natural", "effective_rank"): (27.7, 26.1, 29.2),
+        ("arith-tiny:lt", "natural", "mean_cosine"): (0.17, 0.13, 0.21),
+        ("arith-tiny:hidden", "natural", "mean_cosine"): (0.26, 0.22, 0.30),
+        ("arith-tiny:lt", "natural", "frechet_to_tokens"): (9.1, 8.5, 9.7),
+        ("arith-tiny:hidden", "natural", "frechet_to_tokens"): (19.3, 18.4, 20.5),
+        ("arith-tiny:lt", "forced", "effective_rank"): (19.7, 18.7, 20.7),
+        ("arith-tiny:hidden", "forced", "effective_rank"): (12.9, 11.7, 14.0),
+        ("arith-tiny:lt", "forced", "mean_cosine"): (0.78, 0.72, 0.84),
+        ("arith-tiny:hidden", "forced", "mean_cosine"): (0.90, 0.88, 0.92),
+        ("arith-tiny:lt", "forced", "frechet_to_tokens"): (16.2, 14.9, 18.2),
+        ("arith-tiny:hidden", "forced", "frechet_to_tokens"): (223, 184, 267),
+    }
+    for key, numbers in expected.items():
+        got = pick.loc[key, ["value", "ci_low", "ci_high"]].to_numpy(float)
+        for have, want in zip(got, numbers, strict=True):
+            assert have == pytest.approx(want, rel=0.03, abs=0.011), key
+    lt = parts["arith-tiny:lt"]
+    assert lt["alpha_h_norm"][0] == pytest.approx(3.06, abs=0.02) and lt["pred_norm"][0] == pytest.approx(0.15, abs=0.01)
+    assert lt["latents_per_problem"][0] == pytest.approx(5.8, abs=0.05)
+    assert parts["arith-tiny:hidden"]["latents_per_problem"][0] == pytest.approx(1.6, abs=0.05)
+    h_only = table[(table.vector == "alpha*h") & (table.latents == "natural")].set_index("metric")
+    assert h_only.loc["effective_rank", "value"] == pytest.approx(32.2, abs=0.06)
+    assert h_only.loc["frechet_to_tokens", "value"] == pytest.approx(9.2, abs=0.06)
+    assert "|0.6 h| is 3.06 and |0.4 e_pred| 0.15" in readme and "32.3 [30.6, 33.7]" in readme
