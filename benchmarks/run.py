@@ -35,7 +35,8 @@ def main() -> int:
             print(line, end="", flush=True)
             if line.startswith("RESULT "):
                 entry = json.loads(line[len("RESULT ") :])
-                results[entry.pop("name")] = {"script": script, **entry}
+                name = entry.pop("name")
+                results[name] = {"script": script, **entry}
         if proc.wait():
             failed.append(script)
     import torch
