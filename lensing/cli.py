@@ -16,13 +16,10 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from lensing.tasks import get as get_task
     from lensing.train import PRESETS, run_curriculum
     from lensing.train.curriculum import stage_plan
+    from lensing.zoo import resolve_dtype
 
     task = get_task(args.task)
-    import torch
-
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if args.dtype not in dtypes:
-        raise ValueError(f"unknown dtype {args.dtype!r}; available: {', '.join(dtypes)}")
+    dtype = resolve_dtype(args.dtype)
     preset = args.preset or ("base" if args.base else task.name if task.name in PRESETS else "tiny")
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; available: {', '.join(PRESETS)}")
@@ -51,7 +48,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
         device=args.device,
         command=command,
         base=args.base,
-        dtype=dtypes[args.dtype],
+        dtype=dtype,
         log=lambda m: print(m, file=sys.stderr),
         resume=args.resume,
         overwrite=args.overwrite,
@@ -166,7 +163,9 @@ def check_device(name: str) -> str:
         raise ValueError(f"--device {name!r} is not a device; use cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"--device {name}: CUDA is not available (this torch build or machine has no GPU); use cpu")
+            raise ValueError(
+                f"--device {name}: CUDA is not available (this torch build or machine has no GPU); use cpu"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
     elif device.type == "mps" and not torch.backends.mps.is_available():
@@ -404,13 +403,10 @@ def _cmd_explore(args: argparse.Namespace) -> None:
 
 def _cmd_collect(args: argparse.Namespace) -> None:
     """Streaming statistics into --out; under torchrun each rank takes its chunks and only rank 0 prints."""
-    import torch
-
     from lensing.collect import collect_run, format_summary
+    from lensing.zoo import resolve_dtype
 
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if args.dtype not in dtypes:
-        raise ValueError(f"--dtype {args.dtype!r}: use one of {', '.join(dtypes)}")
+    dtype = resolve_dtype(args.dtype)
     summary = collect_run(
         args.model,
         args.n,
@@ -422,7 +418,7 @@ def _cmd_collect(args: argparse.Namespace) -> None:
         force_latents=args.force_latents,
         max_steps=args.max_steps,
         device=args.device,
-        dtype=dtypes[args.dtype],
+        dtype=dtype,
         log=(lambda m: print(m, file=sys.stderr)) if getattr(args, "verbose", False) else None,
     )
     if summary is None:  # not rank 0
@@ -475,13 +471,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="lensing", description="Look inside latent-reasoning language models.")
     parser.add_argument("--version", action="version", version=f"lensing {_version()}")
     parser.add_argument(
-        "--verbose", action="store_true", help="show third-party progress bars, log lines and warnings (hidden by default)"
+        "--verbose",
+        action="store_true",
+        help="show third-party progress bars, log lines and warnings (hidden by default)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a curriculum (LT-Tuning by default) on a task")
     p.add_argument("--task", default="arith", help="a registered task: arith, hops, graph or your own")
-    p.add_argument("--curriculum", default=None, help="cot, nocot, lt, coconut, stepsup or pause (default: the preset's)")
+    p.add_argument(
+        "--curriculum", default=None, help="cot, nocot, lt, coconut, stepsup or pause (default: the preset's)"
+    )
     p.add_argument("--latent-kind", default=None, help="coconut/stepsup latents: hidden, fusion or prediction")
     p.add_argument("--latents-per-step", type=positive_int, default=None, help="Coconut's c: latents per CoT line")
     p.add_argument("--max-steps", type=positive_int, default=None, help="total optimizer steps, split over the stages")
