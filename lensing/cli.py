@@ -424,9 +424,9 @@ def _cmd_collect(args: argparse.Namespace) -> None:
     if summary is None:  # not rank 0
         return
     if args.json:
-        import json
+        from lensing._json import dumps
 
-        print(json.dumps(summary, indent=1))
+        print(dumps(summary))
     else:
         print(format_summary(summary))
         print(f"statistics and summary in {args.out}")

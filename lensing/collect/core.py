@@ -36,6 +36,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from lensing._json import dumps as strict_dumps
 from lensing.metrics import MomentStats
 from lensing.model.trace import KINDS
 
@@ -395,7 +396,7 @@ def collect_run(
             if part is None:
                 part = chunk_stats(lm, probe, the_task, chunks[index], empty, difficulties, settings)
                 tensors = part.to_tensors()
-                _atomic_write(path, lambda p, t=tensors: save_file(t, str(p), metadata={"chunk": str(index)}))
+                _atomic_write(path, lambda p, t=tensors, i=index: save_file(t, str(p), metadata={"chunk": str(i)}))
                 log(f"rank {rank}: chunk {index + 1}/{len(chunks)} done")
             else:
                 log(f"rank {rank}: chunk {index + 1}/{len(chunks)} read from {path}")
@@ -408,7 +409,7 @@ def collect_run(
         summary = {"model": str(model), "task": the_task.name, **stats.summary(difficulties), "settings": settings}
         meta = {"complete": "true", "settings": json.dumps(settings)}
         _atomic_write(out / STATS_FILE, lambda p: save_file(stats.to_tensors(), str(p), metadata=meta))
-        _atomic_write(out / SUMMARY_FILE, lambda p: p.write_text(json.dumps(summary, indent=1)))
+        _atomic_write(out / SUMMARY_FILE, lambda p: p.write_text(strict_dumps(summary)))
         return summary
     finally:
         if initialised:
