@@ -468,6 +468,18 @@ USER_ERRORS = (ValueError, OSError, ModuleNotFoundError)
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Runs one command. Ctrl-C at any moment (start-up included) prints one line and exits 130."""
+    words = sys.argv[1:] if argv is None else argv
+    command = next((w for w in words if not w.startswith("-")), "")
+    try:
+        _main(argv)
+    except KeyboardInterrupt:
+        hint = "; finished stages are kept, continue with --resume" if command == "train" else ""
+        print(f"lensing {command}: interrupted, nothing half-written{hint}".replace(" :", ":"), file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def _main(argv: list[str] | None) -> None:
     parser = argparse.ArgumentParser(prog="lensing", description="Look inside latent-reasoning language models.")
     parser.add_argument("--version", action="version", version=f"lensing {_version()}")
     parser.add_argument(
@@ -589,10 +601,6 @@ def main(argv: list[str] | None = None) -> None:
     try:
         _validate(args)
         args.func(args)
-    except KeyboardInterrupt:
-        hint = "; finished stages are kept, continue with --resume" if args.command == "train" else ""
-        print(f"lensing {args.command}: interrupted, nothing half-written{hint}", file=sys.stderr)
-        raise SystemExit(130) from None
     except USER_ERRORS as err:
         raise SystemExit(f"lensing {args.command}: {_one_line(err)}") from None
 

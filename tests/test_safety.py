@@ -501,7 +501,8 @@ def test_cli_counts_must_be_positive(tmp_path, count):
     assert result.returncode == 2 and "argument --n: " in result.stderr and "Traceback" not in result.stderr
 
 
-def test_ctrl_c_prints_one_line_and_leaves_no_partial_file(tmp_path):
+@pytest.mark.parametrize("after", [1.0, 8.0], ids=["during-start-up", "during-the-work"])
+def test_ctrl_c_prints_one_line_and_leaves_no_partial_file(tmp_path, after):
     import signal
     import subprocess
     import sys
@@ -514,7 +515,7 @@ def test_ctrl_c_prints_one_line_and_leaves_no_partial_file(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(8)  # past start-up, inside the computation
+    time.sleep(after)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130
