@@ -40,6 +40,18 @@ def _cmd_train(args: argparse.Namespace) -> None:
         if min(steps) < 1:
             raise ValueError(f"--steps {args.steps!r}: give positive step counts, one per stage")
         cfg = replace(cfg, steps=steps, budget=None)
+    if args.lr:
+        try:
+            lr = tuple(float(x) for x in args.lr.split(","))
+        except ValueError:
+            raise ValueError(f"--lr {args.lr!r}: give numbers, e.g. 2e-3,1e-3") from None
+        if min(lr) <= 0:
+            raise ValueError(f"--lr {args.lr!r}: learning rates must be positive")
+        cfg = replace(cfg, lr=lr)
+    if args.advance_at is not None:
+        cfg = replace(cfg, advance_at=args.advance_at, check_every=args.check_every)
+    if args.mix_previous is not None:
+        cfg = replace(cfg, mix_previous=args.mix_previous)
     stage_plan(cfg)  # a stage count that does not fit stops here, before any work
     command = "lensing " + " ".join(sys.argv[1:])
     records = run_curriculum(
@@ -53,9 +65,11 @@ def _cmd_train(args: argparse.Namespace) -> None:
         resume=args.resume,
         overwrite=args.overwrite,
         checkpoint_every=args.checkpoint_every,
+        init=args.init,
     )
     for name, rec in records.items():
-        print(f"{name}: val accuracy {rec['eval']['accuracy']:.1f}%  ({rec['training']['wall_time_s']:.0f}s)")
+        accuracy = f"val accuracy {rec['eval']['accuracy']:.1f}%" if rec["eval"] else "no validation split"
+        print(f"{name}: {accuracy}, {rec['training']['steps']} steps ({rec['training']['wall_time_s']:.0f}s)")
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
@@ -504,6 +518,20 @@ def _main(argv: list[str] | None) -> None:
     p.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16")
     p.add_argument("--steps", default=None, help="steps per stage, e.g. 600,300,300 for lt")
     p.add_argument("--seed", type=int, default=0, help="seed for data, initialisation and batch order")
+    p.add_argument("--lr", default=None, help="peak learning rate per stage, e.g. 2e-3,1e-3 (the last repeats)")
+    p.add_argument(
+        "--init", default=None, help="start from this stage checkpoint (e.g. RUN/cot) and skip the stages it has done"
+    )
+    p.add_argument(
+        "--advance-at",
+        type=float,
+        default=None,
+        help="end a stage once its validation accuracy reaches this percent (--steps become maxima)",
+    )
+    p.add_argument("--check-every", type=positive_int, default=200, help="steps between --advance-at checks")
+    p.add_argument(
+        "--mix-previous", type=float, default=None, help="share of a latent stage's examples from earlier stages"
+    )
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--overwrite", action="store_true", help="start over, removing the run already in --out")
     p.add_argument(

@@ -24,6 +24,7 @@ the same budget have taken the same number of optimizer steps.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -75,7 +76,16 @@ def _inserted(lm: LatentLM, plain: list[Example], seed: int, cfg: TrainConfig) -
 
 def _latent_steps(s: int, per_step: int, supervise: bool):
     def build(lm: LatentLM, plain: list[Example], seed: int, cfg: TrainConfig) -> list[Example]:
-        return latent_steps_examples(lm, plain, s, per_step, supervise_steps=supervise)
+        examples = latent_steps_examples(lm, plain, s, per_step, supervise_steps=supervise)
+        if cfg.mix_previous <= 0 or s <= 1:
+            return examples
+        # Coconut's mixing: a share of the stage's examples come from an earlier stage (0 = CoT)
+        rng = random.Random(seed)
+        mixed = [rng.randrange(s) if rng.random() < cfg.mix_previous else s for _ in examples]
+        earlier = {
+            t: latent_steps_examples(lm, plain, t, per_step, supervise_steps=supervise) for t in set(mixed) - {s}
+        }
+        return [examples[i] if t == s else earlier[t][i] for i, t in enumerate(mixed)]
 
     return build
 

@@ -40,6 +40,11 @@ class TrainConfig:
     ``insertion_scoring`` is how LT's Confidence-Driven Insertion reads p(gold): over the real
     vocabulary (``real-vocab``) or with `<thinking>` in the softmax (``with-thinking``, the rule
     the bundled arith models were trained with).
+
+    With ``advance_at`` a stage ends as soon as its validation accuracy (checked every
+    ``check_every`` steps, on the stage's own inference rule) reaches that many percent, so
+    ``steps`` become the most each stage may take; ``mix_previous`` is the share of a latent
+    stage's examples drawn from earlier stages (Coconut's mixing; 0 = none).
     """
 
     n_layers: int = 4
@@ -55,6 +60,9 @@ class TrainConfig:
     lr: tuple[float, ...] = (1e-3, 5e-4, 5e-4)
     budget: int | None = None
     insertion_scoring: str = "real-vocab"
+    advance_at: float | None = None
+    check_every: int = 200
+    mix_previous: float = 0.0
 
     def __post_init__(self) -> None:
         self.steps, self.lr = tuple(self.steps), tuple(self.lr)
@@ -62,6 +70,12 @@ class TrainConfig:
             raise ValueError(f"insertion_scoring must be real-vocab or with-thinking, got {self.insertion_scoring!r}")
         if self.latents_per_step < 1:
             raise ValueError(f"latents_per_step must be at least 1, got {self.latents_per_step}")
+        if self.advance_at is not None and not 0 < self.advance_at <= 100:
+            raise ValueError(f"advance_at is a validation accuracy in percent (0, 100], got {self.advance_at}")
+        if not 0 <= self.mix_previous < 1:
+            raise ValueError(f"mix_previous is a share of examples in [0, 1), got {self.mix_previous}")
+        if self.check_every < 1:
+            raise ValueError(f"check_every must be at least 1, got {self.check_every}")
 
     batch_size: int = 64
     warmup: int = 100
@@ -162,6 +176,8 @@ def train_stage(
     stage: str = "",
     checkpoint_every: int = 0,
     loss_fn: Callable[[LatentLM, list[Example]], torch.Tensor] | None = None,
+    check: Callable[[], float] | None = None,
+    checks: list[tuple[int, float]] | None = None,
 ) -> list[float]:
     """AdamW (fresh) on random batches of one difficulty each; returns the loss of every step.
 
@@ -170,6 +186,9 @@ def train_stage(
     every ``checkpoint_every`` steps the model, optimiser and batch sampler are saved to its
     ``.resume/`` and a later call continues from there, giving the same weights as an
     uninterrupted stage. ``loss_fn(lm, batch)`` replaces the default loss (:func:`batch_loss`).
+    With ``check`` (an accuracy in percent) and ``cfg.advance_at``, every ``cfg.check_every``
+    steps the accuracy is measured, appended to ``checks`` as ``(step, accuracy)``, and the stage
+    ends once it reaches ``advance_at``.
     """
     lm.train()
     params = [p for p in lm.parameters() if p.requires_grad]
@@ -193,6 +212,14 @@ def train_stage(
         losses.append(loss.item())
         if step % 20 == 0:
             bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}")
+        if check is not None and cfg.advance_at is not None and (step + 1) % cfg.check_every == 0:
+            lm.eval()
+            accuracy = check()
+            lm.train()
+            if checks is not None:
+                checks.append((step + 1, accuracy))
+            if accuracy >= cfg.advance_at:
+                break
         if run is not None and checkpoint_every > 0 and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
             run.save_progress(stage, step + 1, lm, optimizer, rng, losses)
     lm.eval()
@@ -225,6 +252,7 @@ def run_curriculum(
     resume: bool = False,
     overwrite: bool = False,
     checkpoint_every: int = 200,
+    init: str | Path | None = None,
 ) -> dict[str, dict]:
     """Trains every stage of ``cfg.curriculum`` on ``cfg.task`` and writes one checkpoint per stage
     into ``out`` (``cot``, ``hidden``, ``lt`` for LT-Tuning); returns the records by stage name.
@@ -234,17 +262,53 @@ def run_curriculum(
     ``out`` must be empty or absent, unless ``overwrite`` (start over) or ``resume`` (continue
     an interrupted run with the same settings from its last finished stage and its last periodic
     checkpoint, every ``checkpoint_every`` steps); this is checked before any work.
+
+    ``init`` (a stage checkpoint of an earlier run on the same task, e.g. its ``cot``) starts the
+    run from that model and skips the plan's stages up to and including that stage, so curricula
+    compared from one CoT model share it exactly; the data splits are then the init run's (its
+    seed), so no test problem was trained on, and ``cfg.seed`` only orders the batches.
     """
     plan, steps = stage_plan(cfg)
-    settings = {"train_config": cfg.to_dict(), "base": base, "dtype": str(dtype) if dtype else None}
+    skip: set[str] = set()
+    if init is not None:
+        if base is not None:
+            raise ValueError("give either init (a stage checkpoint to continue from) or base, not both")
+        start = LatentLM.from_pretrained(init, device=device, dtype=dtype)
+        stage_name, task_name = start.meta.get("variant"), start.meta.get("task", "arith")
+        names = [stage.name for stage in plan]
+        if task_name != cfg.task:
+            raise ValueError(f"init checkpoint {init} was trained on task {task_name!r}, not {cfg.task!r}")
+        if stage_name not in names:
+            raise ValueError(
+                f"init checkpoint {init} is stage {stage_name!r}, which curriculum {cfg.curriculum!r} "
+                f"does not have (its stages: {', '.join(names)})"
+            )
+        skip = set(names[: names.index(stage_name) + 1])
+        trained = start.meta["record"]["training"]["train_config"]
+        for key in ("n_train", "n_val", "n_test"):
+            if trained[key] != getattr(cfg, key):
+                raise ValueError(
+                    f"init checkpoint {init} was trained with {key}={trained[key]}, this run has "
+                    f"{getattr(cfg, key)}: the splits would differ and test problems could leak into training"
+                )
+    settings = {
+        "train_config": cfg.to_dict(),
+        "base": base,
+        "dtype": str(dtype) if dtype else None,
+        "init": str(Path(init).resolve()) if init is not None else None,
+    }
     run = RunFolder.open(out, settings, tuple(stage.name for stage in plan), resume=resume, overwrite=overwrite)
     out = run.path
     if run.stages_done:
         log(f"resuming run {run.run_id} in {out}: finished stages {', '.join(run.stages_done)}")
     torch.manual_seed(cfg.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    splits = make_splits(cfg.n_train, cfg.n_val, cfg.n_test, seed=cfg.seed, task=cfg.task)
-    if base is None:
+    data_seed = start.meta["record"]["training"]["seed"] if init is not None else cfg.seed
+    splits = make_splits(cfg.n_train, cfg.n_val, cfg.n_test, seed=data_seed, task=cfg.task)
+    if init is not None:
+        lm = start
+        lm.config = replace(lm.config, **{k: v for k, v in cfg.latent.to_dict().items() if k != "mode"})
+    elif base is None:
         lm = build_model(cfg, out / TOKENIZER_DIR).to(device)
     else:
         from lensing.zoo import load
@@ -254,6 +318,8 @@ def run_curriculum(
     plain = encode_problems(lm, splits.train)
     records = {}
     for index, stage in enumerate(plan):
+        if stage.name in skip:
+            continue
         if stage.name in run.stages_done:
             lm = LatentLM.from_pretrained(out / stage.name, device=device, dtype=dtype)
             records[stage.name] = lm.meta["record"]
@@ -267,6 +333,7 @@ def run_curriculum(
         lm.meta = {**lm.meta, "inference": stage.inference(cfg.latents_per_step)}
         t0 = time.time()
         lr = cfg.lr[min(index, len(cfg.lr) - 1)]
+        checks: list[tuple[int, float]] = []
         losses = train_stage(
             lm,
             examples,
@@ -279,6 +346,8 @@ def run_curriculum(
             stage=stage.name,
             checkpoint_every=checkpoint_every,
             loss_fn=stage.loss,
+            check=(lambda: evaluate(lm, splits.val).accuracy) if splits.val else None,
+            checks=checks,
         )
         wall = time.time() - t0
         result = evaluate(lm, splits.val) if splits.val else None
@@ -295,9 +364,11 @@ def run_curriculum(
                 "task": cfg.task,
                 "curriculum": cfg.curriculum,
                 "seed": cfg.seed,
-                "steps": steps[index],
+                "steps": len(losses),
+                "max_steps": steps[index],
+                "checks": checks,
                 "lr": lr,
-                "total_steps": sum(steps[: index + 1]),
+                "init": settings["init"],
                 "wall_time_s": round(wall, 1),
                 "losses": [round(x, 5) for x in losses],
                 "train_config": cfg.to_dict(),
