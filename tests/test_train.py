@@ -210,3 +210,61 @@ def test_codi_loss_is_teacher_plus_student_plus_distillation(hops_lm):
     assert distill > 0
     # a student whose latents are replaced by its teacher's CoT is the teacher: nothing to distil
     close(codi_loss(hops_lm, plain, weight=1.0), 2 * batch_loss(hops_lm, plain), tol=1e-5)
+
+
+def test_a_stage_ends_at_the_first_check_that_reaches_advance_at(hops_lm):
+    from lensing.train.curriculum import TrainConfig, train_stage
+
+    problems = [get_task("hops").sample(k, random.Random(k)) for k in (2, 3)]
+    cfg = TrainConfig(task="hops", batch_size=2, warmup=1, advance_at=80, check_every=2)
+    scripted, checks = iter([10.0, 50.0, 90.0, 95.0]), []
+    losses = train_stage(
+        hops_lm, encode_problems(hops_lm, problems), 20, 1e-3, cfg, 0, "t", check=lambda: next(scripted), checks=checks
+    )
+    assert checks == [(2, 10.0), (4, 50.0), (6, 90.0)]
+    assert len(losses) == 6
+    assert hops_lm.training is False
+
+
+def test_mixing_draws_the_given_share_from_earlier_stages(hops_lm):
+    from lensing.train.curriculum import TrainConfig
+
+    rng = random.Random(0)
+    problems = [get_task("hops").sample(rng.choice((3, 4, 5)), rng) for _ in range(900)]
+    plain = encode_problems(hops_lm, problems)
+    build = stages("stepsup", 5)[3].build  # stage 3: three latent steps
+    think = hops_lm.thinking_id
+    counts = lambda data: [e.completion_ids.count(think) for e in data]  # noqa: E731
+    unmixed = build(hops_lm, plain, 7, TrainConfig(task="hops"))
+    assert set(counts(unmixed)) == {3}
+    mixed = build(hops_lm, plain, 7, TrainConfig(task="hops", mix_previous=0.6))
+    assert counts(mixed) == counts(build(hops_lm, plain, 7, TrainConfig(task="hops", mix_previous=0.6)))
+    share = {s: counts(mixed).count(s) / len(mixed) for s in range(4)}
+    assert abs(share[3] - 0.4) < 0.06  # kept at stage 3
+    for s in (0, 1, 2):  # the rest spread evenly over the CoT stage and stages 1, 2
+        assert abs(share[s] - 0.2) < 0.05, share
+    for e, p, c in zip(mixed, problems, counts(mixed), strict=True):  # each is that stage's example
+        rest = hops_lm.tokenizer.decode(e.completion_ids[c:], skip_special_tokens=True)
+        assert rest == "".join(line + "\n" for line in p.cot[c:]) + f"###{p.answer}"
+
+
+def test_init_continues_from_a_stage_checkpoint_on_its_splits(tmp_path):
+    from lensing.train.curriculum import TrainConfig
+
+    small = dict(task="hops", n_layers=2, d_model=32, n_heads=4, d_mlp=64, batch_size=4, warmup=1)
+    small.update(n_train=4, n_val=0, n_test=1)
+    run_curriculum(TrainConfig(curriculum="cot", steps=(3,), **small), tmp_path / "cot", log=lambda m: None)
+    cot = LatentLM.from_pretrained(tmp_path / "cot" / "cot")
+    cfg = TrainConfig(curriculum="stepsup", steps=(9, 2, 2, 2, 2, 2), lr=(1e-12,), seed=5, **small)
+    records = run_curriculum(cfg, tmp_path / "sup", log=lambda m: None, init=tmp_path / "cot" / "cot")
+    assert list(records) == ["stage1", "stage2", "stage3", "stage4", "stepsup"]  # cot is not retrained
+    assert records["stage1"]["training"]["init"] == str((tmp_path / "cot" / "cot").resolve())
+    final = LatentLM.from_pretrained(tmp_path / "sup" / "stepsup")
+    for name, value in cot.model.state_dict().items():  # a 1e-12 learning rate leaves cot's weights
+        assert torch.allclose(final.model.state_dict()[name], value, atol=1e-6), name
+    with pytest.raises(ValueError, match="does not have"):  # a stepsup stage is not an LT stage
+        run_curriculum(replace(cfg, curriculum="lt", steps=(1, 1, 1)), tmp_path / "x", init=tmp_path / "sup" / "stepsup")
+    with pytest.raises(ValueError, match="n_train=4, this run has 8"):
+        run_curriculum(replace(cfg, n_train=8), tmp_path / "y", init=tmp_path / "cot" / "cot")
+    with pytest.raises(ValueError, match="task 'hops', not 'arith'"):
+        run_curriculum(replace(cfg, task="arith", steps=(1, 1, 1, 1, 1, 1, 1)), tmp_path / "z", init=tmp_path / "cot" / "cot")
