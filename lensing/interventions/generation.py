@@ -244,22 +244,38 @@ def generate_problems(
     batch_size: int = 200,
     max_new_tokens: int = 160,
 ) -> tuple[list[Trace], list[int]]:
-    """Traces for every problem (clean when ``spec`` is None) and how many latents were replaced in each."""
-    traces, replaced = [], []
-    for start in range(0, len(problems), batch_size):
-        chunk = list(problems[start : start + batch_size])
-        rows = range(start, start + len(chunk))
-        hook = None
-        if spec is not None:
-            generator = torch.Generator().manual_seed(spec.seed * 1_000_003 + start)
-            hook = LatentHook(lm, spec, rows, source or [], generator)
-        traces += lm.generate(
-            [p.prompt for p in chunk],
-            max_new_tokens=max_new_tokens,
-            meta=[{"steps": p.steps, "structure": p.structure, "answer": p.answer} for p in chunk],
-            intervention=hook,
-        )
-        replaced += hook.replaced.tolist() if hook is not None else [0] * len(chunk)
+    """Traces for every problem (clean when ``spec`` is None) and how many latents were replaced in each.
+
+    Models trained with latents in place of CoT steps (Coconut, pause, step supervision) get
+    their latents forced after the prompt as their checkpoint records (as in evaluation).
+    """
+    from lensing.train.evaluate import forced_latents
+
+    rule = forced_latents(lm)
+    counts = [rule(p) if rule else 0 for p in problems]
+    traces: list[Trace | None] = [None] * len(problems)
+    replaced = [0] * len(problems)
+    for count in sorted(set(counts)):
+        group = [i for i, c in enumerate(counts) if c == count]
+        for start in range(0, len(group), batch_size):
+            rows = group[start : start + batch_size]
+            chunk = [problems[i] for i in rows]
+            hook = None
+            if spec is not None:
+                generator = torch.Generator().manual_seed(spec.seed * 1_000_003 + rows[0])
+                hook = LatentHook(lm, spec, rows, source or [], generator)
+            out = lm.generate(
+                [p.prompt for p in chunk],
+                max_new_tokens=max_new_tokens,
+                meta=[{"steps": p.steps, "structure": p.structure, "answer": p.answer} for p in chunk],
+                intervention=hook,
+                force_latents=count,
+            )
+            for i, trace in zip(rows, out, strict=True):
+                traces[i] = trace
+            if hook is not None:
+                for i, n in zip(rows, hook.replaced.tolist(), strict=True):
+                    replaced[i] = n
     return traces, replaced
 
 

@@ -78,5 +78,16 @@ class ArithTask:
     def check(self, text: str, problem: Problem) -> bool:
         return is_correct(text, problem)
 
+    def continue_from(self, problem: Problem, step: int, value: str) -> int:
+        """The answer when step ``step`` yields ``value`` and the remaining updates are applied.
+
+        >>> problem = make_problem(steps=2, rng=random.Random(0))  # a=49; b=a-1; c=b-9
+        >>> ArithTask().continue_from(problem, 0, "10")
+        1
+        """
+        values = [int(problem.question.split(";")[0].split("=")[1]), *problem.intermediates]
+        remaining = sum(values[i + 1] - values[i] for i in range(step + 1, problem.steps))
+        return (int(value) + remaining) % MODULUS
+
     def space_size(self, difficulty: int) -> int:
         return problem_space_size(difficulty)

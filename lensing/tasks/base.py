@@ -80,6 +80,17 @@ class Task(Protocol):
         ...
 
 
+def continue_from(task: Task, problem: Problem, step: int, value: str) -> str | None:
+    """The answer ``problem`` would have if CoT step ``step`` (0-based) had reached ``value``
+    instead of ``problem.intermediates[step]``, the rest of the chain applied as written; None
+    when the task does not say (tasks may define ``continue_from(problem, step, value)``).
+
+    This is what a swapped latent should produce if latent ``step`` carries that step's value.
+    """
+    method = getattr(task, "continue_from", None)
+    return None if method is None else method(problem, step, value)
+
+
 class ExactAnswer:
     """A ``check`` for tasks whose answer is a string compared exactly after the marker."""
 

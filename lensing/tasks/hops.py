@@ -51,5 +51,20 @@ class HopsTask(ExactAnswer):
         question = ";".join(edges) + f";{start}^{difficulty}?"
         return Problem(question, cot, node, difficulty, str(difficulty), tuple(path), self.name)
 
+    def continue_from(self, problem: Problem, step: int, value: str) -> str:
+        """The node reached by the hops left after ``step`` when that hop lands on ``value``.
+
+        >>> task, problem = HopsTask(), HopsTask().sample(3, random.Random(0))
+        >>> problem.intermediates, task.continue_from(problem, 0, "g"), task.continue_from(problem, 1, "a")
+        (('g', 'h', 'd'), 'd', 'c')
+        """
+        successor = dict(edge.split(">") for edge in problem.question.split(";")[:-1])
+        if value not in successor:
+            raise ValueError(f"{value!r} is not a node of this {self.name} problem")
+        node = value
+        for _ in range(problem.steps - step - 1):
+            node = successor[node]
+        return node
+
     def space_size(self, difficulty: int) -> None:
         return None  # (nodes - 1)! cycles x nodes starts: never the limit
