@@ -81,7 +81,8 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         bar.set_postfix_str("loading the model")
         lm = load(args.model, device=args.device)
         bar.update()
-        seed = lm.meta.get("record", {}).get("training", {}).get("seed", 0)
+        training = lm.meta.get("record", {}).get("training", {})
+        seed = training.get("data_seed", training.get("seed", 0))  # the splits the model was trained on
         split = make_splits(0, 0, args.n, seed=seed, task=lm.meta.get("task", "arith")).test
         bar.set_postfix_str(f"generating for {len(split)} test problems")
         result = evaluate(lm, split)

@@ -303,7 +303,11 @@ def run_curriculum(
         log(f"resuming run {run.run_id} in {out}: finished stages {', '.join(run.stages_done)}")
     torch.manual_seed(cfg.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    data_seed = start.meta["record"]["training"]["seed"] if init is not None else cfg.seed
+    if init is not None:
+        trained_on = start.meta["record"]["training"]
+        data_seed = trained_on.get("data_seed", trained_on["seed"])
+    else:
+        data_seed = cfg.seed
     splits = make_splits(cfg.n_train, cfg.n_val, cfg.n_test, seed=data_seed, task=cfg.task)
     if init is not None:
         lm = start
@@ -369,6 +373,7 @@ def run_curriculum(
                 "checks": checks,
                 "lr": lr,
                 "init": settings["init"],
+                "data_seed": data_seed,
                 "wall_time_s": round(wall, 1),
                 "losses": [round(x, 5) for x in losses],
                 "train_config": cfg.to_dict(),
