@@ -260,6 +260,7 @@ def test_init_continues_from_a_stage_checkpoint_on_its_splits(tmp_path):
     assert list(records) == ["stage1", "stage2", "stage3", "stage4", "stepsup"]  # cot is not retrained
     assert records["stage1"]["training"]["init"] == str((tmp_path / "cot" / "cot").resolve())
     assert records["stepsup"]["training"]["data_seed"] == 0 and records["stepsup"]["training"]["seed"] == 5
+    assert records["stepsup"]["training"]["total_steps"] == 3 + 4 * 2 + 2  # the CoT steps count
     final = LatentLM.from_pretrained(tmp_path / "sup" / "stepsup")
     for name, value in cot.model.state_dict().items():  # a 1e-12 learning rate leaves cot's weights
         assert torch.allclose(final.model.state_dict()[name], value, atol=1e-6), name

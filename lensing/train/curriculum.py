@@ -320,6 +320,7 @@ def run_curriculum(
         lm = load(base, device=device, dtype=dtype)
         lm.config, lm.answer_marker = cfg.latent, ANSWER_MARKER
     plain = encode_problems(lm, splits.train)
+    spent = lm.meta["record"]["training"].get("total_steps", 0) if init is not None else 0  # optimizer steps so far
     records = {}
     for index, stage in enumerate(plan):
         if stage.name in skip:
@@ -327,6 +328,7 @@ def run_curriculum(
         if stage.name in run.stages_done:
             lm = LatentLM.from_pretrained(out / stage.name, device=device, dtype=dtype)
             records[stage.name] = lm.meta["record"]
+            spent = records[stage.name]["training"]["total_steps"]
             continue
         t0 = time.time()
         lm.config = replace(lm.config, mode=stage.mode)
@@ -370,6 +372,7 @@ def run_curriculum(
                 "seed": cfg.seed,
                 "steps": len(losses),
                 "max_steps": steps[index],
+                "total_steps": spent + len(losses),
                 "checks": checks,
                 "lr": lr,
                 "init": settings["init"],
@@ -395,5 +398,6 @@ def run_curriculum(
             },
         )
         run.mark_finished(stage.name)
+        spent += len(losses)
     run.write(complete=True)
     return records
