@@ -72,6 +72,25 @@ def _cmd_train(args: argparse.Namespace) -> None:
         print(f"{name}: {accuracy}, {rec['training']['steps']} steps ({rec['training']['wall_time_s']:.0f}s)")
 
 
+def _cmd_compare(args: argparse.Namespace) -> None:
+    from lensing.train.compare import compare
+
+    with progress("compare", 1) as bar:
+        bar.set_postfix_str(f"evaluating {len(args.models)} models")
+        result = compare(args.models, n=args.n, ablate=not args.no_ablations, max_new_tokens=args.max_new_tokens)
+        bar.update()
+    if args.json:
+        from lensing._json import dumps
+
+        reasons = {
+            "ci_low": "one seed: no interval over seeds",
+            "ci_high": "one seed: no interval over seeds",
+        }
+        print(dumps(result.to_dataframe().to_dict(orient="records"), reasons))
+    else:
+        print(result.to_markdown())
+
+
 def _cmd_eval(args: argparse.Namespace) -> None:
     from lensing.tasks import make_splits
     from lensing.train import evaluate
@@ -216,125 +235,123 @@ TRAILS_NULL_REASONS = {
     "chain_within": _SAME_EMBED,
     "chain_between": _SAME_EMBED,
     "chain_ratio": _SAME_EMBED,
+    # the rut test records (lensing.studies.latent_trails)
+    "step": "chain trails and text positions have no latent step (depth trails at latents give theirs)",
+    "value": "undefined: every trail is the same point here (at embed every prompt ends with one token) "
+    "or the trails hold one structure",
+    "ci_low": "undefined where the value is",
+    "ci_high": "undefined where the value is",
 }
-COLLAPSE_NULL_REASONS = {
-    "step": "text positions (CoT line ends) have no latent step; rows with a metric: every latent of a trace pooled",
-    "step_cosine": "needs a previous step (undefined at the first step and at text positions)",
-    "probe_first_result": "linear probes need enough samples per class (or were not run for this row)",
-    "probe_answer": "linear probes need enough samples per class (or were not run for this row)",
-    "value": "too few latents for this metric in the bootstrap draws",
-    "ci_low": "too few latents for this metric in the bootstrap draws",
-    "ci_high": "too few latents for this metric in the bootstrap draws",
-    "value_all": "too few latents for this metric",
-}
+COLLAPSE_NULL_REASONS = {"seed": "the checkpoint does not record its training seed"}
 
 
 def _cmd_collapse(args: argparse.Namespace) -> None:
     import pandas as pd
 
-    from lensing.studies import collapse_study
+    from lensing.studies.records import bundled_variants, collapse_records, records_frame
     from lensing.zoo import load
 
-    problems = _test_problems(args.n)
     # --latents N (a whole number) is the older spelling of --chain N, with both kinds measured
     kinds, chain = ("both", int(args.latents)) if args.latents.isdigit() else (args.latents, args.chain)
     if kinds not in ("natural", "forced", "both") or chain < 1:
         raise ValueError(f"--latents {args.latents!r}: give natural, forced or both (--chain sets the chain length)")
-    args.latents = chain
-    with progress("collapse", 3) as bar:
-        bar.set_postfix_str(f"latent chains, {args.before} vs {args.after}")
-        latent = collapse_study(
-            {args.before: load(args.before), args.after: load(args.after)},
-            problems,
-            where="latent",
-            force_latents=args.latents,
-        )
+    if args.folds == 1 or args.folds < 0:
+        raise ValueError(f"--folds {args.folds}: give 0 (no probes) or at least 2")
+    latents = ("natural", "forced") if kinds == "both" else (kinds,)
+    names = list(dict.fromkeys(args.model or bundled_variants()))
+    layers = None if args.layers == "all" else tuple(part.strip() for part in args.layers.split(",") if part.strip())
+    with progress("collapse", len(latents) * (2 * len(names) + 1) + 1) as bar:
+        bar.set_postfix_str(f"loading {len(names)} models")
+        models = {name: load(name) for name in names}
         bar.update()
-        bar.set_postfix_str(f"CoT line ends, {args.text_before} vs {args.after}")
-        text = collapse_study(
-            {args.text_before: load(args.text_before), args.after: load(args.after)}, problems, where="text"
-        )
-        bar.update()
-        from lensing.studies import natural_vs_forced
 
-        bar.set_postfix_str(f"{kinds} latents with bootstrap CIs")
-        ci = natural_vs_forced(
-            {args.before: load(args.before), args.after: load(args.after)},
-            problems,
-            kinds,
-            force_latents=chain,
-            layers=["embed", f"L{load(args.after).model.config.num_hidden_layers - 1}"],
+        def log(message: str) -> None:
+            bar.set_postfix_str(message)
+            bar.update()
+
+        records = collapse_records(
+            models, n=args.n, latents=latents, chain=chain, layers=layers, folds=args.folds, seed=args.seed, log=log
         )
-        ci.insert(0, "where", "latent")
-    table = pd.concat([latent.table, text.table, ci], ignore_index=True)
+    table = records_frame(records)
     _write_table(table, args.out, "collapse", COLLAPSE_NULL_REASONS)
     if args.json:
         from lensing._json import dumps
 
-        print(dumps(table.to_dict(orient="records"), COLLAPSE_NULL_REASONS))
+        print(dumps(records, COLLAPSE_NULL_REASONS))
         return
-    columns = [
-        "model",
-        "step",
-        "layer",
-        "n",
-        "effective_rank",
-        "rankme",
-        "participation_ratio",
-        "mean_cosine",
-        "step_cosine",
-        "latent_distance",
-        "vocab_distance",
-        "norm_ratio",
-        "nearest_token_cosine",
-        "frechet_to_tokens",
-        "mmd_to_tokens",
-        "probe_first_result",
-        "probe_answer",
-    ]
-    with pd.option_context("display.width", 250, "display.max_columns", 30, "display.max_rows", 500):
-        for where, part in table.groupby("where", sort=False):
-            what = (
-                f"chains of {args.latents} forced latents" if where == "latent" else "the newline ending each CoT line"
+    cells = table.assign(
+        cell=[
+            f"{v:.3g} [{lo:.3g}, {hi:.3g}]" for v, lo, hi in zip(table.value, table.ci_low, table.ci_high, strict=True)
+        ],
+        step=table.step.astype(str),
+    )
+    with pd.option_context("display.width", 250, "display.max_columns", 30, "display.max_rows", 2000):
+        for (task, kind), part in cells.groupby(["task", "latents"], sort=False):
+            print(
+                f"\n== {task}: {kind} latents, {args.n} test problems; value [95% CI over problems]; "
+                "step = latent order in the trace, all = every latent pooled =="
             )
-            print(f"\n== {where} positions ({what}); {len(problems)} test problems ==")
-            part = part[part.metric.isna()] if "metric" in part else part
-            print(part[[c for c in columns if c in part]].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
-        ci = table[table.metric.notna()]
-        print(
-            f"\n== {kinds} latents: value (mean over bootstrap draws of `vectors` latents each, problems"
-            " resampled) and 95% CI; step NaN = all latents of a trace pooled =="
-        )
-        shown = ["model", "latents", "vector", "step", "layer", "metric", "value", "ci_low", "ci_high", "vectors"]
-        print(ci[shown].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+            wide = part.pivot_table(
+                index=["metric", "step", "layer"], columns="variant", values="cell", aggfunc="first", sort=False
+            )
+            print(wide.fillna("").to_string())
 
 
 def _cmd_trails(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from lensing.studies import trails_study
+    from lensing.studies.latent_trails import latent_trails_study
+    from lensing.studies.records import model_identity
+    from lensing.tasks import make_splits
     from lensing.zoo import load
 
-    with progress("trails", 2) as bar:
+    kinds = {"both": ("natural", "forced"), "natural": ("natural",), "forced": ("forced",), "none": ()}
+    if args.latents not in kinds:
+        raise ValueError(f"--latents {args.latents!r}: give natural, forced, both or none")
+    with progress("trails", 3) as bar:
         bar.set_postfix_str("loading the model")
         lm = load(args.model)
+        task = model_identity(lm, args.model)[0]
+        problems = make_splits(0, 0, args.n, seed=args.seed, difficulties=(args.steps,), task=task).test
         bar.update()
-        bar.set_postfix_str(f"{args.n} problems: generation, probes, trails")
-        report = trails_study(lm, _test_problems(args.n, steps=args.steps))
+        bar.set_postfix_str(f"{args.n} problems: text-position trails and attribution")
+        report = trails_study(lm, problems, seed=args.seed)
         bar.update()
-    _write_table(report.table, args.out, "trails", TRAILS_NULL_REASONS)
+        bar.set_postfix_str(f"{args.n} problems: trails through the latents, rut tests with bootstrap CIs")
+        rut = latent_trails_study(
+            lm,
+            problems,
+            latents=kinds[args.latents],
+            force_latents=args.chain,
+            resamples=args.resamples,
+            seed=args.seed,
+            name=args.model,
+        )
+        bar.update()
+    text = report.table.copy()
+    text.insert(0, "positions", "text positions")  # prompt end and CoT line ends: no latent involved
+    _write_table(text, args.out, "trails", TRAILS_NULL_REASONS)
+    _write_table(rut.table, args.out, "trails_rut", TRAILS_NULL_REASONS)
     if args.json:
         from lensing._json import dumps
 
-        layers = report.table.to_dict(orient="records")
+        layers = text.to_dict(orient="records")
         attribution = report.attribution.to_dict(orient="records")
-        print(dumps({"layers": layers, "attribution_trail": attribution}, TRAILS_NULL_REASONS))
+        out = {"layers": layers, "attribution_trail": attribution, "rut": rut.records()}
+        print(dumps(out, TRAILS_NULL_REASONS))
         return
-    with pd.option_context("display.width", 250, "display.max_columns", 30):
+    with pd.option_context("display.width", 250, "display.max_columns", 30, "display.max_rows", 500):
         print(
-            f"{args.model}: trails on {args.n} {args.steps}-step test problems "
-            f"({len(set(report.structures))} structures among the complete chains)"
+            f"{args.model}: trails on {len(problems)} {args.steps}-step {task} test problems "
+            f"({len(set(p.structure for p in problems))} structures)"
         )
+        print(
+            "\n== rut test: within/between-structure distance ratio (< 1: rut), library capture rate, the "
+            "bag-of-tokens capture of the same problems and the paired gain; value [95% CI over problems] =="
+        )
+        print(rut.summary().fillna("").to_string())
+        print("\n== text positions (depth trail at the prompt end, chain trail at CoT line ends), no CIs ==")
         print(report.table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
         print("\nattribution trail of the first answer digit (problem 1):")
         print(report.attribution.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
@@ -547,6 +564,18 @@ def _main(argv: list[str] | None) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     p.set_defaults(func=_cmd_eval)
 
+    p = sub.add_parser(
+        "compare", help="variants across seeds: accuracy by difficulty with 95%% intervals over seeds, and ablations"
+    )
+    p.add_argument("models", nargs="+", help="checkpoints or names; models differing only in seed are grouped")
+    p.add_argument("--n", type=positive_int, default=100, help="test problems per difficulty")
+    p.add_argument("--json", action="store_true", help="print JSON records instead of a table")
+    p.add_argument(
+        "--no-ablations", action="store_true", help="skip the zeroed-latent and swapped-latent runs"
+    )
+    p.add_argument("--max-new-tokens", type=positive_int, default=160, help="generation budget per problem")
+    p.set_defaults(func=_cmd_compare)
+
     p = sub.add_parser("trace", help="generate for one question and show latents and confidence")
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("question", help="the prompt to continue, e.g. 'a=12;b=a+3;b?' (a final newline is added)")
@@ -554,27 +583,44 @@ def _main(argv: list[str] | None) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     p.set_defaults(func=_cmd_trace)
 
-    p = sub.add_parser("collapse", help="feature-collapse and distribution-mismatch metrics for two models")
-    p.add_argument("--before", default="arith-tiny:hidden", help="model before the change (default: stage 2)")
-    p.add_argument("--after", default="arith-tiny", help="model after the change (default: LT-Tuning, stage 3)")
-    p.add_argument("--text-before", default="arith-tiny:cot", help="model to compare on text positions")
-    p.add_argument("--n", type=positive_int, default=300, help="test problems (all difficulties)")
+    p = sub.add_parser(
+        "collapse", help="collapse, mismatch and decodability of natural and forced latents, with bootstrap CIs"
+    )
+    p.add_argument(
+        "--model", action="append", help="a model to measure (repeat for several; default: every bundled variant)"
+    )
+    p.add_argument("--n", type=positive_int, default=300, help="test problems of each model's task (all difficulties)")
     p.add_argument(
         "--latents",
         default="both",
         help="natural (the latents the models emit), forced (a chain forced after the prompt) or both",
     )
-    p.add_argument("--chain", type=positive_int, default=6, help="length of the forced latent chain")
-    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    p.add_argument("--out", help="directory for collapse.csv and collapse.json")
+    p.add_argument("--chain", type=positive_int, default=6, help="length of the forced chain and last step reported")
+    p.add_argument(
+        "--layers", default="embed,last", help="read-out layers, comma-separated (last: each model's last; or all)"
+    )
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds of the linear probes (0: no probes)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the test problems, probe folds and bootstraps")
+    p.add_argument("--json", action="store_true", help="print a JSON list of records instead of tables")
+    p.add_argument("--out", help="directory for collapse.csv and collapse.json (the records)")
     p.set_defaults(func=_cmd_collapse)
 
-    p = sub.add_parser("trails", help="depth, chain and attribution trails grouped by reasoning structure")
+    p = sub.add_parser(
+        "trails", help="trails through the latents and at text positions, rut tests against a bag of tokens"
+    )
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--steps", type=positive_int, default=3, help="problem difficulty (one, so chains align)")
     p.add_argument("--n", type=positive_int, default=200, help="test problems")
+    p.add_argument(
+        "--latents",
+        default="both",
+        help="latent trails to test: natural, forced (a chain after the prompt), both or none",
+    )
+    p.add_argument("--chain", type=positive_int, default=6, help="length of the forced latent chain")
+    p.add_argument("--resamples", type=positive_int, default=1000, help="bootstrap draws for the 95%% CIs")
+    p.add_argument("--seed", type=int, default=0, help="seed of the test problems, library splits and bootstraps")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    p.add_argument("--out", help="directory for trails.csv and trails.json")
+    p.add_argument("--out", help="directory for trails.csv/.json (text positions) and trails_rut.csv/.json")
     p.set_defaults(func=_cmd_trails)
 
     p = sub.add_parser("figures", help="regenerate every paper figure from the bundled models")

@@ -88,6 +88,7 @@ def step_swaps(
     level: float = 0.95,
     resamples: int = DEFAULT_RESAMPLES,
     batch_size: int = 200,
+    max_new_tokens: int = 160,
 ) -> StepSwapResult:
     """Swaps each latent step (and all of them at once) within random same-difficulty pairs.
 
@@ -117,7 +118,7 @@ def step_swaps(
         rng.shuffle(group)
         pairs += [(group[i], group[i + 1]) for i in range(0, len(group) - 1, 2)]
     donor = dict(pairs) | {b: a for a, b in pairs}
-    clean, _ = generate_problems(lm, problems, batch_size=batch_size)
+    clean, _ = generate_problems(lm, problems, batch_size=batch_size, max_new_tokens=max_new_tokens)
     source = [fed_latents(t) for t in clean]
     answers = lambda traces: [answer_text(t.text()) for t in traces]  # noqa: E731
     clean_answers = answers(clean)
@@ -126,7 +127,7 @@ def step_swaps(
     for step in [*range(latent_steps), "all"]:
         index = "all" if step == "all" else (step + 1) * per_step - 1
         traces, replaced = generate_problems(
-            lm, problems, Intervention("swap", step=index, pairs=tuple(pairs)), source, batch_size
+            lm, problems, Intervention("swap", step=index, pairs=tuple(pairs)), source, batch_size, max_new_tokens
         )
         for i, (answer, n) in enumerate(zip(answers(traces), replaced, strict=True)):
             p = problems[i]

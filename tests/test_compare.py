@@ -1,0 +1,77 @@
+"""Variants across seeds: t-intervals over seeds, the table, grouping by variant and the CLI."""
+
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from lensing.train.compare import Comparison, compare, seed_interval, variant_label
+
+
+def test_seed_interval_is_the_student_t_interval():
+    mean, lo, hi = seed_interval([80.0, 90.0, 100.0], digits=4)
+    half = 4.302653 * 10 / math.sqrt(3)  # t(0.975, 2 dof) x sd / sqrt(n)
+    assert mean == 90.0 and lo == pytest.approx(90 - half, abs=1e-3) and hi == pytest.approx(90 + half, abs=1e-3)
+    assert seed_interval([70.0, 70.0]) == (70.0, 70.0, 70.0)
+    one = seed_interval([55.0])
+    assert one[0] == 55.0 and math.isnan(one[1]) and math.isnan(one[2])
+    with pytest.raises(ValueError, match="no seeds"):
+        seed_interval([])
+
+
+def test_comparison_table_means_clips_and_lists_seeds():
+    rows = [
+        {"variant": v, "seed": s, "difficulty": d, "n": 10, "accuracy": a, "latents": 2.0, "total_steps": 100}
+        for v, accs in (("hops:stepsup", (100.0, 100.0, 90.0)), ("hops:coconut", (20.0, 10.0, 15.0)))
+        for s, a in enumerate(accs)
+        for d in ("2", "all")
+    ]
+    rows[1]["zeroed"], rows[3]["zeroed"], rows[5]["zeroed"] = 10.0, 20.0, 30.0  # the stepsup 'all' rows
+    table = Comparison(pd.DataFrame(rows)).to_dataframe()
+    sup = table[(table["variant"] == "hops:stepsup") & (table["difficulty"] == "all")].iloc[0]
+    assert sup["accuracy"] == pytest.approx(96.7) and sup["ci_high"] == 100.0  # clipped at 100
+    assert sup["per_seed"] == [100.0, 100.0, 90.0] and sup["seeds"] == 3 and sup["zeroed"] == 20.0
+    coc = table[(table["variant"] == "hops:coconut") & (table["difficulty"] == "2")].iloc[0]
+    assert coc["accuracy"] == 15.0 and coc["ci_low"] == pytest.approx(15 - 4.302653 * 5 / math.sqrt(3), abs=0.06)
+    markdown = Comparison(pd.DataFrame(rows)).to_markdown().splitlines()
+    assert markdown[0] == "| variant | seeds | steps | k=2 | all | all latents zeroed |"
+    assert markdown[2].startswith("| hops:stepsup | 3 | 100 | 96.7 [") and markdown[2].endswith("| 20.0 |")
+    assert markdown[3].endswith("| - |")  # coconut had no ablation rows
+
+
+def _stepsup_model(tmp_path, seed):
+    from lensing.train.curriculum import TrainConfig, build_model
+
+    torch.manual_seed(seed)
+    lm = build_model(TrainConfig(task="hops", n_layers=2, d_model=32, n_heads=4, d_mlp=64), tmp_path / f"tok{seed}")
+    config = {"curriculum": "stepsup", "latent_kind": "hidden", "latents_per_step": 1}
+    lm.meta = {
+        "task": "hops",
+        "variant": "stepsup",
+        "curriculum": "stepsup",
+        "inference": {"latents_per_step": 1, "max_latent_steps": 5},
+        "record": {"training": {"seed": seed, "data_seed": 0, "total_steps": 40, "train_config": config}},
+    }
+    return lm
+
+
+def test_compare_groups_seeds_by_variant_and_ablates_step_latents(tmp_path, capsys):
+    models = [_stepsup_model(tmp_path, s) for s in (0, 1)]
+    assert variant_label(models[0]) == "hops:stepsup"
+    result = compare(models, n=2, max_new_tokens=10)
+    table = result.to_dataframe()
+    assert list(table["difficulty"]) == ["2", "3", "4", "5", "all"]
+    assert (table["seeds"] == 2).all() and (table["variant"] == "hops:stepsup").all()
+    overall = result.rows[result.rows["difficulty"] == "all"]
+    assert (overall["latents"] >= 3.5).all()  # at least the forced latent per hop, k = 2..5
+    assert overall["zeroed"].between(0, 100).all() and overall["swap_follows"].between(0, 100).all()
+    for s, lm in enumerate(models):  # the CLI on saved checkpoints gives the same accuracies
+        lm.save_pretrained(tmp_path / f"m{s}", extra=lm.meta)
+    from lensing.cli import main
+
+    main(["compare", str(tmp_path / "m0"), str(tmp_path / "m1"), "--n", "2", "--json", "--no-ablations", "--max-new-tokens", "10"])
+    records = json.loads(capsys.readouterr().out)
+    assert [r["accuracy"] for r in records] == table["accuracy"].tolist()
+    assert all(r["per_seed"] == t for r, t in zip(records, table["per_seed"], strict=True))
