@@ -173,21 +173,21 @@ def test_figures_build_what_they_can_and_list_failures(tmp_path, monkeypatch, ca
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(paper, "trails_pca_figure", broken)
-    run = paper.build_figures(n_trails=12, log=lambda m: None, only=["trails_pca", "trails_structure_ratio"])
+    monkeypatch.setattr(paper, "trails_step_figure", broken)
+    run = paper.build_figures(n_trails=12, log=lambda m: None, only=["trails_step_cosine", "trails_structure_ratio"])
     assert [f.name for f in run.figures] == ["trails_structure_ratio"]
-    assert run.failed == {"trails_pca": "RuntimeError: boom"} and run.facts is None
+    assert run.failed == {"trails_step_cosine": "RuntimeError: boom"} and run.facts is None
     out = tmp_path / "figures"
     paper.write_figures(run.figures, out, ("html",), run.facts, keep=True, failed=run.failed)
     index = (out / "README.md").read_text()
-    assert "## Failed in the last run" in index and "`trails_pca`: RuntimeError: boom" in index
+    assert "## Failed in the last run" in index and "`trails_step_cosine`: RuntimeError: boom" in index
     assert (out / "plotly.min.js").exists() and (out / "trails_structure_ratio.html").exists()
 
     monkeypatch.setattr("lensing.studies.trails_study", broken)
     with pytest.raises(SystemExit) as exit_info:
-        main(["figures", "--only", "trails_pca", "--out", str(out), "--formats", "html"])
+        main(["figures", "--only", "trails_step_cosine", "--out", str(out), "--formats", "html"])
     assert "1 of 1 figure(s) failed" in str(exit_info.value)
-    assert "failed: trails_pca: RuntimeError: boom" in capsys.readouterr().err
+    assert "failed: trails_step_cosine: RuntimeError: boom" in capsys.readouterr().err
     assert (out / "trails_structure_ratio.html").exists()  # kept: --only and failures never remove others
     with pytest.raises(SystemExit) as exit_info:
         main(["figures", "--only", "no_such_figure", "--out", str(out)])

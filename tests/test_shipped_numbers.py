@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from lensing.viz.paper import build_figures, write_figures
-from lensing.viz.results import find_blocks, readme_blocks, splice_blocks
+from lensing.viz.results import find_blocks, overall_accuracy_sentence, readme_blocks, splice_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = json.loads((ROOT / "figures" / "results.json").read_text())
@@ -33,6 +33,10 @@ def test_figure_captions_quote_the_shipped_run():
     index = (ROOT / "figures" / "README.md").read_text()
     overall = ", ".join(f":{v} {SHIPPED['accuracy'][v]['all']:.1f}%" for v in ("cot", "hidden", "lt"))
     assert f"Overall: {overall}." in index
+    # the accuracy caption and the README's accuracy block state the same sentence, from the same numbers
+    sentence = overall_accuracy_sentence(SHIPPED["accuracy"], SHIPPED["n_per_difficulty"])
+    caption = index.split("## 1. accuracy_by_difficulty", 1)[1].split("## 2.", 1)[0]
+    assert sentence in caption and sentence in find_blocks((ROOT / "README.md").read_text())["accuracy"]
 
 
 def test_splice_replaces_only_generated_blocks():

@@ -9,7 +9,7 @@ linear in those parts, so each part's direct logit attribution (DLA) sums exactl
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -42,6 +42,25 @@ class DecompositionResult:
     resid_norm: Float[Tensor, "layer n"]
     rms_scale: Float[Tensor, "layer n"]
     layer_labels: list[str]
+    target_tokens: list[str] = field(default_factory=list)  # each column's target (minus foil) token, decoded
+    target_kinds: list[str] = field(default_factory=list)  # kind of the position the target sits at ("" if none)
+
+    def answer_digit_columns(self, trace: int | None = None) -> list[int]:
+        """The columns whose targets are the answer digits of ``trace`` (default: the first trace here),
+        in order: with next-token targets, the positions just before each digit."""
+        if trace is None:
+            trace = self.trace_index[0] if self.trace_index else -1
+        return [
+            i
+            for i, (t, kind, token) in enumerate(zip(self.trace_index, self.target_kinds, self.target_tokens))
+            if t == trace and kind == "answer" and token.isdigit()
+        ]
+
+    def answer_digit_column(self, trace: int | None = None, digit: int = 0) -> int | None:
+        """The column whose target is digit ``digit`` (0: the first) of the answer of ``trace``; ``None``
+        if no selected position predicts it."""
+        found = self.answer_digit_columns(trace)
+        return found[digit] if digit < len(found) else None
 
     def to_dataframe(self) -> pd.DataFrame:
         """Long format: one row per (part, position) with its DLA; heads have type ``head``."""
@@ -60,6 +79,7 @@ class DecompositionResult:
                             "position": self.position,
                             "kind": self.kind,
                             "token": self.token,
+                            "target": self.target_tokens or None,
                             "dla": values[c].numpy(),
                             "logit": self.logit.numpy(),
                         }
@@ -85,10 +105,11 @@ class DecompositionResult:
         return pd.concat(frames, ignore_index=True)
 
     def plot(self, column: int | None = None) -> go.Figure:
-        """DLA by layer part and by head for one position (default: the first answer digit, else the last)."""
+        """DLA by layer part and by head for one column (default: the position that predicts the first
+        answer digit of the first trace, else the last column); the title names the target token."""
         if column is None:
-            answer = [i for i, k in enumerate(self.kind) if k == "answer" and self.token[i].isdigit()]
-            column = answer[0] if answer else len(self.position) - 1
+            first = self.answer_digit_column()
+            column = first if first is not None else len(self.position) - 1
         n_layers = len(self.layer_labels) - 1
         heads = self.head_dla[:, column].reshape(n_layers, -1).numpy()
         colors = [
@@ -117,7 +138,16 @@ class DecompositionResult:
             2,
         )
         label = token_label(self.position[column], self.token[column], self.kind[column])
-        title = f"trace {self.trace_index[column]}, position {label}: logit {float(self.logit[column]):.2f}"
+        target = repr(self.target_tokens[column]) if self.target_tokens else "the target"
+        if self.foil_ids is not None:
+            target = f"{target} minus foil"
+        digits = self.answer_digit_columns(self.trace_index[column])
+        if column in digits:
+            target = f"{target} (answer digit {digits.index(column) + 1})"
+        title = (
+            f"trace {self.trace_index[column]}: logit of {target} at position {label} = "
+            f"{float(self.logit[column]):.2f}"
+        )
         fig.update_yaxes(title="direct logit attribution", row=1, col=1)
         fig.update_layout(title_font={"color": KIND_COLORS.get(self.kind[column], "black")})
         return apply_style(fig, 880, 380, f"{title} ({self.kind[column]})").update_layout(margin={"t": 70})
@@ -185,6 +215,16 @@ def compute_decomposition(probe, cache, batch, target, foil, positions: str | Se
         logit = logit - logits.gather(1, foils[:, None].to(logits.device)).squeeze(1)
     eps = probe.bridge.cfg.eps
     trace_index, position, kind, token = batch.index()
+    if target is None:  # the target sits at the next position, if the trace goes on
+        target_kinds = [
+            kind[i + 1] if i + 1 < len(kind) and trace_index[i + 1] == trace_index[i] else "" for i in cols
+        ]
+    else:
+        target_kinds = [""] * len(cols)
+    thinking = getattr(probe.lm, "thinking_id", None)
+    target_tokens = [
+        "<thinking>" if int(t) == thinking else probe.lm.tokenizer.decode([int(t)]) for t in targets.tolist()
+    ]
     pick = lambda xs: [xs[i] for i in cols]  # noqa: E731
     return DecompositionResult(
         labels,
@@ -204,4 +244,6 @@ def compute_decomposition(probe, cache, batch, target, foil, positions: str | Se
         stack.norm(dim=-1).cpu(),
         (stack.pow(2).mean(-1) + eps).sqrt().cpu(),
         probe.layer_labels,
+        target_tokens,
+        target_kinds,
     )

@@ -346,18 +346,36 @@ class LogitLensResult:
     def mean_kl_by_layer(self) -> Float[Tensor, " layer"]:
         return self.stats.kl_to_final.mean(dim=1)
 
-    def plot(self, trace: int = 0, value: str = "target_prob", max_positions: int = 48) -> go.Figure:
-        """Heatmap of layers x positions for one trace, the top-1 token written in each cell.
+    def window(self, trace: int = 0, max_positions: int = 64) -> list[int]:
+        """The columns :meth:`plot` shows for one trace: a window that always ends at the trace's
+        last position (the answer) and starts as early as ``max_positions`` allows.
 
-        Long traces show the generated part (from the last prompt token on), cut at ``max_positions``.
+        The whole trace if it fits; else from the last prompt token on (the generated part); else
+        from two positions before the first latent; else the last ``max_positions`` positions.
         """
         cols = [i for i, t in enumerate(self.trace_index) if t == trace]
         if not cols:
             raise ValueError(f"no trace {trace} in this result")
-        prompt = [c for c in cols if self.kind[c] == "prompt"]
-        if len(cols) > max_positions and prompt:
-            cols = cols[cols.index(prompt[-1]) :]
-        cols = cols[:max_positions]
+        if max_positions < 1:
+            raise ValueError(f"max_positions must be at least 1, got {max_positions}")
+        if len(cols) <= max_positions:
+            return cols
+        starts = [k for k, c in enumerate(cols) if self.kind[c] == "prompt"][-1:]
+        starts += [max(0, k - 2) for k, c in enumerate(cols) if self.kind[c] == "latent"][:1]
+        for start in starts:
+            if len(cols) - start <= max_positions:
+                return cols[start:]
+        return cols[-max_positions:]
+
+    def plot(self, trace: int = 0, value: str = "target_prob", max_positions: int = 64) -> go.Figure:
+        """Heatmap of layers x positions for one trace, the top-1 token written in each cell.
+
+        Traces longer than ``max_positions`` are windowed by :meth:`window`: the answer at the end is
+        always shown, and the window starts at the last prompt token, or just before the first
+        latent, when that fits; the title gives the positions shown.
+        """
+        every = [i for i, t in enumerate(self.trace_index) if t == trace]
+        cols = self.window(trace, max_positions)
         z = getattr(self.stats, value) if value != "p_top1" else self.stats.top_probs[..., 0]
         z = z[:, cols].numpy()
         text = [
@@ -383,7 +401,10 @@ class LogitLensResult:
             tickmode="array", tickvals=list(range(len(cols))), ticktext=labels, tickangle=-90, tickfont={"size": 9}
         )
         mark_latent_columns(fig, kinds)
-        return apply_style(fig, 880, 340, f"{self.lens} lens: {value.replace('_', ' ')} (◆ = latent)")
+        shown = "" if len(cols) == len(every) else (
+            f", positions {self.position[cols[0]]}-{self.position[cols[-1]]} of {len(every)}"
+        )
+        return apply_style(fig, 880, 340, f"{self.lens} lens: {value.replace('_', ' ')} (◆ = latent{shown})")
 
 
 def _short(token: str) -> str:

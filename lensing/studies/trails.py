@@ -21,6 +21,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import torch
 from jaxtyping import Float, Int
+from plotly.subplots import make_subplots
 from torch import Tensor
 
 from lensing.metrics import effective_rank, mean_pairwise_cosine
@@ -60,6 +61,25 @@ def distance_ratio(within: float, between: float) -> float:
     0.25
     """
     return (1 - within) / (1 - between) if between < 1 - 1e-6 else float("nan")
+
+
+def group_means(similarity: Float[Tensor, "n n"], groups: list) -> pd.DataFrame:
+    """Mean similarity between the items of each pair of groups (groups sorted), leaving out each
+    item's similarity with itself; NaN for a group of one item against itself.
+
+    >>> group_means(torch.tensor([[1.0, 0.5, 0.0], [0.5, 1.0, 0.2], [0.0, 0.2, 1.0]]), ["a", "a", "b"]).round(2)
+         a    b
+    a  0.5  0.1
+    b  0.1  NaN
+    """
+    names = sorted(set(groups))
+    member = torch.tensor([[g == name for g in groups] for name in names], dtype=similarity.dtype)  # [k, n]
+    off = similarity * (1 - torch.eye(len(groups), dtype=similarity.dtype))
+    sums = member @ off @ member.T
+    counts = member.sum(1)
+    pairs = counts[:, None] * counts[None, :] - torch.diag(counts)
+    means = torch.where(pairs > 0, sums / pairs.clamp(min=1), torch.full_like(sums, float("nan")))
+    return pd.DataFrame(means.numpy(), index=names, columns=names)
 
 
 def step_direction_cosine(a: Float[Tensor, "steps d"], b: Float[Tensor, "steps d"]) -> float:
@@ -140,17 +160,92 @@ class TrailsReport:
         flat = pca_3d(x.reshape(-1, x.shape[-1]))
         return flat.reshape(x.shape[0], x.shape[1], 3), self.structures
 
+    def step_similarity(self, layer: int | str) -> pd.DataFrame:
+        """Structure x structure mean similarity of chain trails at one read-out layer (index or label):
+        the centred cosine between their step vectors (consecutive differences, concatenated), the
+        similarity behind ``chain_within``/``chain_between``; the diagonal is within-structure."""
+        labels = list(self.table.layer)
+        index = labels.index(layer) if isinstance(layer, str) else range(len(labels))[layer]
+        if len(self.chain_trails) < 2 or len({len(c) for c in self.chain_trails}) != 1:
+            raise ValueError("step similarity needs at least two complete chain trails of one length")
+        deltas = torch.stack([c[:, index].diff(dim=0).flatten() for c in self.chain_trails]).double()
+        if float(effective_rank(deltas)) == 0:
+            raise ValueError(f"every chain trail takes the same steps at layer {labels[index]}")
+        return group_means(centred_cosine_matrix(deltas), self.structures)
+
+    def plot_step_similarity(self, layers: list[str] | None = None) -> go.Figure:
+        """One structure x structure heatmap of :meth:`step_similarity` per layer (default: every layer
+        with a chain ratio), on one colour scale; each panel's title gives the layer's chain ratio."""
+        t = self.table.set_index("layer")
+        if layers is None:
+            layers = [label for label in t.index if "chain_ratio" in t and pd.notna(t.chain_ratio[label])]
+        if not layers:
+            raise ValueError("no layer has chain trail statistics")
+        grids = {label: self.step_similarity(label) for label in layers}
+        bound = max(float(abs(g.to_numpy()[~pd.isna(g.to_numpy())]).max()) for g in grids.values()) or 1.0
+        titles = [f"{label} (distance ratio {t.chain_ratio[label]:.2f})" for label in layers]
+        fig = make_subplots(1, len(layers), subplot_titles=titles, horizontal_spacing=0.035)
+        for c, (label, grid) in enumerate(grids.items(), 1):
+            values = grid.to_numpy()
+            fig.add_trace(
+                go.Heatmap(
+                    z=values,
+                    x=list(grid.columns),
+                    y=list(grid.index),
+                    text=[["" if pd.isna(v) else f"{v:.2f}" for v in row] for row in values],
+                    texttemplate="%{text}",
+                    textfont={"size": 9},
+                    colorscale="RdBu",
+                    zmin=-bound,
+                    zmax=bound,
+                    zmid=0,
+                    showscale=c == 1,
+                    colorbar={"title": "cosine", "len": 0.9},
+                    hovertemplate=label + "<br>%{y} vs %{x}: %{z:.3f}<extra></extra>",
+                ),
+                1,
+                c,
+            )
+            for k in range(len(grid)):  # outline the within-structure diagonal
+                fig.add_shape(
+                    type="rect",
+                    x0=k - 0.5,
+                    x1=k + 0.5,
+                    y0=k - 0.5,
+                    y1=k + 0.5,
+                    line={"color": "black", "width": 1.5},
+                    fillcolor="rgba(0,0,0,0)",
+                    row=1,
+                    col=c,
+                )
+            fig.update_yaxes(autorange="reversed", showticklabels=c == 1, row=1, col=c)
+        fig.update_xaxes(tickangle=0, tickfont={"size": 9}, title="structure")
+        fig.update_yaxes(title="structure", row=1, col=1)
+        return apply_style(
+            fig,
+            max(420, 290 * len(layers) + 120),
+            380,
+            "chain trails: mean step-direction cosine by pair of structures (outlined: same structure)",
+        ).update_layout(margin={"t": 80})
+
     def plot(self) -> go.Figure:
+        """Two panels on one x axis (read-out layer), one quantity each: within/between-structure
+        distance ratios of depth and chain trails, and library capture against the bag-of-tokens baseline."""
         t = self.table
-        fig = go.Figure()
-        green = OKABE_ITO["green"]
-        curves = (  # column, name, line, right-hand axis
-            ("depth_ratio", "depth trail: within/between distance", {"color": OKABE_ITO["vermillion"]}, False),
-            ("chain_ratio", "chain trail: within/between distance", {"color": OKABE_ITO["blue"]}, False),
-            ("capture_rate", "library capture rate", {"color": green}, True),
-            ("baseline_capture_rate", "bag-of-tokens capture", {"color": green, "dash": "dash"}, True),
+        fig = make_subplots(
+            1,
+            2,
+            subplot_titles=("within / between-structure distance (< 1: rut)", "structure retrieval from a library"),
+            horizontal_spacing=0.12,
         )
-        for column, name, line, right in curves:
+        green = OKABE_ITO["green"]
+        curves = (  # column, name, line, panel
+            ("depth_ratio", "depth trail: within/between distance", {"color": OKABE_ITO["vermillion"]}, 1),
+            ("chain_ratio", "chain trail: within/between distance", {"color": OKABE_ITO["blue"]}, 1),
+            ("capture_rate", "depth trail: library capture rate", {"color": green}, 2),
+            ("baseline_capture_rate", "bag-of-tokens capture rate", {"color": OKABE_ITO["grey"], "dash": "dash"}, 2),
+        )
+        for column, name, line, panel in curves:
             if column in t:
                 fig.add_trace(
                     go.Scatter(
@@ -159,16 +254,20 @@ class TrailsReport:
                         mode="lines" if "dash" in line else "lines+markers",
                         name=name,
                         line=line,
-                        yaxis="y2" if right else "y",
-                    )
+                    ),
+                    1,
+                    panel,
                 )
-        fig.add_hline(y=1, line={"color": "#999999", "dash": "dot"})
-        fig.update_layout(
-            yaxis={"title": "within / between distance (<1: rut)"},
-            yaxis2={"title": "capture rate", "overlaying": "y", "side": "right", "range": [0, 1]},
-            xaxis={"title": "read-out layer"},
+        fig.add_hline(y=1, line={"color": "#999999", "dash": "dot"}, row=1, col=1)
+        ratios = [float(v) for c in ("depth_ratio", "chain_ratio") if c in t for v in t[c] if pd.notna(v)]
+        top = max([1.0, *ratios]) + 0.05  # from 0, with the reference line at 1 in view
+        fig.update_yaxes(title="cosine distance ratio", range=[0, top], row=1, col=1)
+        fig.update_yaxes(title="share of queries", range=[0, 1.02], row=1, col=2)
+        fig.update_xaxes(title="read-out layer")
+        fig.update_layout(legend={"orientation": "h", "y": -0.3, "x": 0})
+        return apply_style(fig, 880, 400, "trails: same-structure similarity and retrieval by layer").update_layout(
+            margin={"t": 70, "b": 110}
         )
-        return apply_style(fig, 880, 380, "trails: same-structure similarity and retrieval by layer")
 
     def plot_pca(self, layer: int = -1) -> go.Figure:
         traj, structures = self.pca_trajectories(layer)

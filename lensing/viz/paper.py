@@ -26,11 +26,12 @@ import torch
 from plotly.subplots import make_subplots
 from tqdm.auto import tqdm
 
-from lensing.viz.results import collect_facts
+from lensing.viz.results import accuracy_facts, collect_facts, overall_accuracy_sentence, wilson_interval
 from lensing.viz.style import VARIANT_COLORS, apply_style, model_curve
 
 STATIC_FORMATS = ("png", "svg", "pdf")
 FORCED_LATENTS = 6
+LOGIT_LENS_POSITIONS = 72  # the logit-lens window: long enough for the bundled traces' generated part
 MANIFEST = ".lensing-figures.json"
 FIGURE_NAMES = (
     "accuracy_by_difficulty",
@@ -42,7 +43,7 @@ FIGURE_NAMES = (
     "latent_decoding",
     "attention",
     "residual_decomposition",
-    "trails_pca",
+    "trails_step_cosine",
     "trails_structure_ratio",
 )
 VARIANTS = ("cot", "hidden", "lt")
@@ -72,16 +73,34 @@ def _mean_se(values: list[list[float]], length: int) -> tuple[np.ndarray, np.nda
 
 # ------------------------------------------------------------------ figure builders
 def accuracy_figure(evals: dict) -> Figure:
+    """Accuracy by difficulty with 95% Wilson intervals; the caption's overall numbers are the
+    README accuracy block's (one function, :func:`lensing.viz.results.overall_accuracy_sentence`)."""
+    accuracy, _, n_per_difficulty = accuracy_facts(evals)
     rows = []
     for variant, result in evals.items():
         for r in result.to_dataframe().to_dict(orient="records"):
-            rows.append({"variant": variant, **r})
+            low, high = wilson_interval(round(r["accuracy"] * r["n"] / 100), r["n"])
+            rows.append({"variant": variant, **r, "ci_low": low, "ci_high": high})
     df = pd.DataFrame(rows)
     fig = go.Figure()
     for variant in evals:
         part = df[(df.variant == variant) & (df.steps != "all")]
         fig.add_trace(
-            go.Bar(x=part.steps, y=part.accuracy, name=f"arith-tiny:{variant}", marker_color=VARIANT_COLORS[variant])
+            go.Bar(
+                x=part.steps,
+                y=part.accuracy,
+                name=f"arith-tiny:{variant}",
+                marker_color=VARIANT_COLORS[variant],
+                error_y={
+                    "type": "data",
+                    "symmetric": False,
+                    "array": part.ci_high - part.accuracy,
+                    "arrayminus": part.accuracy - part.ci_low,
+                    "color": "#333333",
+                    "thickness": 1.2,
+                    "width": 3,
+                },
+            )
         )
     fig.update_layout(
         barmode="group",
@@ -89,11 +108,9 @@ def accuracy_figure(evals: dict) -> Figure:
         yaxis_title="test accuracy (%)",
         yaxis_range=[0, 105],
     )
-    overall = df[df.steps == "all"].set_index("variant").accuracy
     caption = (
-        "Greedy test accuracy by number of steps for the three stages. Overall: "
-        + ", ".join(f":{v} {overall[v]:.1f}%" for v in evals)
-        + "."
+        f"Greedy test accuracy by number of steps for the three stages, {n_per_difficulty} test problems per "
+        "difficulty (error bars: 95% Wilson intervals). " + overall_accuracy_sentence(accuracy, n_per_difficulty)
     )
     return Figure("accuracy_by_difficulty", apply_style(fig, 880, 340), df, caption)
 
@@ -179,21 +196,35 @@ def entropy_attention_figure(traces: dict, probes: dict) -> Figure:
     return Figure("entropy_and_latent_attention", apply_style(fig, 880, 340), df, caption)
 
 
-def pca_collapse_figure(chains: dict, report) -> Figure:
-    """Paper Fig. 5 in numbers and pictures: PCA of latent inputs at steps 1/3/4/6, with collapse curves."""
-    steps = (1, 3, 4, 6)
+def _padded_range(values: np.ndarray, pad: float = 0.06) -> list[float]:
+    low, high = float(np.min(values)), float(np.max(values))
+    margin = pad * (high - low) or 1.0
+    return [low - margin, high + margin]
+
+
+def pca_collapse_figure(chains: dict, report, steps: tuple[int, ...] = (1, 3, 4, 6)) -> Figure:
+    """Paper Fig. 5 in numbers and pictures: PCA of latent inputs at ``steps``, with collapse curves.
+
+    Each row (one variant) has one PCA basis, fitted on every step of that variant's chains, and its
+    step panels share one x range and one y range (set explicitly, so no panel autoscales); the
+    two rows have different bases and ranges.
+    """
     variants = list(chains)
     titles = []
     for v, right in zip(variants, ("effective rank", "cross-sample cosine"), strict=True):
         titles += [f":{v.split(':')[-1]} step {s}" for s in steps] + [right]
-    fig = make_subplots(2, len(steps) + 1, subplot_titles=titles, horizontal_spacing=0.06, vertical_spacing=0.16)
-    rows = []
+    fig = make_subplots(2, len(steps) + 1, subplot_titles=titles, horizontal_spacing=0.06, vertical_spacing=0.2)
+    rows, explained = [], {}
     for r, variant in enumerate(variants):
         x = chains[variant]  # [n, steps, d]
         flat = x.reshape(-1, x.shape[-1]).double()
         centred = flat - flat.mean(0)
-        _, _, v = torch.linalg.svd(centred, full_matrices=False)
-        proj = (centred @ v[:2].T).reshape(x.shape[0], x.shape[1], 2)
+        _, sv, v = torch.linalg.svd(centred, full_matrices=False)
+        share = (sv**2 / (sv**2).sum()).numpy()
+        explained[variant] = share[:2]
+        proj = (centred @ v[:2].T).reshape(x.shape[0], x.shape[1], 2).numpy()
+        shown = proj[:, [s - 1 for s in steps]]
+        x_range, y_range = _padded_range(shown[..., 0]), _padded_range(shown[..., 1])
         for c, step in enumerate(steps):
             p = proj[:, step - 1]
             fig.add_trace(
@@ -207,30 +238,37 @@ def pca_collapse_figure(chains: dict, report) -> Figure:
                 r + 1,
                 c + 1,
             )
+            fig.update_xaxes(range=x_range, row=r + 1, col=c + 1)
+            fig.update_yaxes(range=y_range, showticklabels=c == 0, row=r + 1, col=c + 1)
             rows += [
                 {"variant": variant, "step": step, "sample": i, "pc1": float(a), "pc2": float(b)}
                 for i, (a, b) in enumerate(p.tolist())
             ]
+        name = variant.split(":")[-1]
+        fig.update_xaxes(title=f"PC1 of :{name} ({100 * share[0]:.0f}%)", row=r + 1, col=1)
+        fig.update_yaxes(title=f"PC2 of :{name} ({100 * share[1]:.0f}%)", row=r + 1, col=1)
     eff = report.compare("effective_rank")
     cos = report.compare("mean_cosine")
     for r, table in enumerate((eff, cos)):
         for model in table.columns:
             fig.add_trace(model_curve(table.index, table[model], model, r == 0), r + 1, len(steps) + 1)
     fig.update_xaxes(title="latent step", row=2, col=len(steps) + 1)
-    fig.update_xaxes(title="PC1", row=2, col=1)
-    fig.update_yaxes(title="PC2", col=1)
     e6 = eff.loc[eff.index.max()]
     c6 = cos.loc[cos.index.max()]
+    n_steps = chains[variants[0]].shape[1]
     caption = (
-        f"Paper Fig. 5 with numbers: PCA (shared axes per row) of latent input vectors of "
-        f"{chains[variants[0]].shape[0]} test problems under a forced chain of 6 latents, and cross-sample "
-        f"effective rank / cosine by step. At step 6: effective rank "
+        f"Paper Fig. 5 with numbers: PCA of the latent input vectors of {chains[variants[0]].shape[0]} test "
+        f"problems under a forced chain of {n_steps} latents, one basis per row fitted on all {n_steps} steps of "
+        "that variant (PC1/PC2 explain "
+        + ", ".join(f"{100 * a:.0f}%/{100 * b:.0f}% for :{v.split(':')[-1]}" for v, (a, b) in explained.items())
+        + "); the step panels of a row share one x and one y range, the two rows do not. Right: cross-sample "
+        f"effective rank / cosine by step. At step {eff.index.max()}: effective rank "
         + ", ".join(f"{m} {e6[m]:.2f}" for m in e6.index)
         + "; cosine "
         + ", ".join(f"{m} {c6[m]:.3f}" for m in c6.index)
         + "."
     )
-    return Figure("latent_pca_and_collapse", apply_style(fig, 1300, 560), pd.DataFrame(rows), caption)
+    return Figure("latent_pca_and_collapse", apply_style(fig, 1300, 600), pd.DataFrame(rows), caption)
 
 
 def mismatch_figure(report) -> Figure:
@@ -247,22 +285,40 @@ def mismatch_figure(report) -> Figure:
     fig.update_xaxes(title="latent step")
     f = df.groupby("model", sort=False).frechet_to_tokens.mean()
     caption = (
-        "Distribution mismatch of latent inputs against the token-embedding cloud. Mean Fréchet distance "
-        "over steps: " + ", ".join(f"{m} {v:.2f}" for m, v in f.items()) + "."
+        f"Distribution mismatch against the token-embedding cloud of the latent input vectors of {int(df.n.max())} "
+        f"test problems under a forced chain of {int(df.step.max())} latents. Mean Fréchet distance over steps: "
+        + ", ".join(f"{m} {v:.2f}" for m, v in f.items())
+        + "."
     )
     return Figure("distribution_mismatch", apply_style(fig, 880, 320), df, caption)
 
 
-def logit_lens_figure(lens, decoding) -> Figure:
-    fig = lens.plot(trace=0, value="target_prob")
+def logit_lens_figure(lens, decoding, max_positions: int = LOGIT_LENS_POSITIONS) -> Figure:
+    """Logit lens on trace 0, windowed (:meth:`LogitLensResult.window`) so that every latent it can and
+    the whole answer are shown; the caption names the window and the answer."""
+    cols = lens.window(0, max_positions)
+    fig = lens.plot(trace=0, value="target_prob", max_positions=max_positions)
+    fig.update_layout(width=min(1400, max(880, 18 * len(cols) + 200)), height=360)
     df = lens.to_dataframe()
     df = df[df.trace == 0]
-    lat = decoding.to_dataframe()
+    every = [i for i, t in enumerate(lens.trace_index) if t == 0]
+    answer = "".join(lens.token[i] for i in every if lens.kind[i] == "answer" and lens.token[i].isdigit())
+    latents = [i for i in every if lens.kind[i] == "latent"]
+    shown_latents = sum(i in cols for i in latents)
     final = df[df.layer == df.layer.max()]
+    if cols[0] == every[0]:
+        start = "the whole trace"
+    elif lens.kind[cols[0]] == "prompt":
+        start = "from the last prompt token"
+    else:
+        start = f"from position {lens.position[cols[0]]}"
+    decoded = len(decoding.to_dataframe().query("trace == 0")) // max(1, df.layer.max() + 1)
     caption = (
         f"Logit lens on one :lt trace (layers x positions, ◆ = latent, cell text = top-1 token, colour = "
-        f"probability of the next gold token). Mean prediction depth {final.prediction_depth.mean():.2f} of "
-        f"{df.layer.max()} layers; {len(lat[lat.trace == 0]) // max(1, df.layer.max() + 1)} latent(s) decoded."
+        f"probability of the next gold token), positions {lens.position[cols[0]]}-{lens.position[cols[-1]]} of "
+        f"{len(every)} ({start} through the answer {answer!r}), showing {shown_latents} of its {len(latents)} "
+        f"latents. Mean prediction depth {final.prediction_depth.mean():.2f} of {df.layer.max()} layers over "
+        f"the whole trace; {decoded} latent(s) decoded."
     )
     return Figure("logit_lens", fig, df, caption)
 
@@ -271,66 +327,95 @@ def latent_decoding_figure(decoding) -> Figure:
     df = decoding.to_dataframe()
     last = df[df.layer == df.layer.max()]
     digit = last.top1.str.fullmatch(r"\d").mean() if len(last) else float("nan")
+    shown = int(df.trace.iloc[0]) if len(df) else 0
     caption = (
-        f"What latent positions decode to at each layer (Coconut's decoding of continuous thoughts): at the "
-        f"last layer {100 * digit:.0f}% of {len(last)} latents decode to a digit."
+        f"What latent positions decode to at each layer (Coconut's decoding of continuous thoughts), drawn for "
+        f"the {int((last.trace == shown).sum())} latents of one :lt trace; over the {len(last)} latents of "
+        f"{last.trace.nunique()} traces, {100 * digit:.0f}% decode to a digit at the last layer."
     )
-    return Figure("latent_decoding", decoding.plot(trace=int(df.trace.iloc[0]) if len(df) else 0), df, caption)
+    return Figure("latent_decoding", decoding.plot(trace=shown), df, caption)
 
 
 def attention_figure(attn, trace_index: int) -> Figure:
     df = attn.segment_shares()
     last = df[(df.layer == df.layer.max()) & (df.query_kind == "answer") & (df.key_kind == "latent")]
     share = float(last.share.iloc[0]) if len(last) else float("nan")
+    n = len(attn.patterns)
     caption = (
-        f"Head-averaged last-layer attention on one :lt trace (latent rows/columns dotted) and the share each "
-        f"segment gets from each other; answer → latent share at the last layer: {share:.3f}."
+        f"Left: head-averaged last-layer attention on one :lt trace (latent rows/columns dotted). Right: the share "
+        f"of each query segment's attention that goes to each key segment, at the last layer, averaged over the "
+        f"query positions of {n} :lt traces; answer → latent share: {share:.3f}."
     )
-    return Figure("attention", attn.plot(trace=trace_index), df, caption)
+    fig = attn.plot(trace=trace_index)
+    fig.for_each_annotation(
+        lambda a: a.update(text=f"share by segment ({n} traces)") if a.text == "share by segment" else None
+    )
+    return Figure("attention", fig, df, caption)
 
 
 def decomposition_figure(parts) -> Figure:
+    """Direct logit attribution to the first answer digit of the first trace in ``parts`` (next-token
+    targets): read at the position just before that digit, the one that predicts it."""
+    column = parts.answer_digit_column(digit=0)
+    if column is None:
+        raise ValueError("no selected position predicts the first answer digit (decompose with positions='answer')")
+    answer = "".join(parts.target_tokens[c] for c in parts.answer_digit_columns())
     df = parts.to_dataframe()
-    by_part = df[df.type != "head"].groupby("part", sort=False).dla.mean()
+    df = df[(df.trace == parts.trace_index[column]) & (df.position == parts.position[column])]
+    by_part = df[df.type != "head"].set_index("part").dla
     top = by_part.abs().idxmax()
+    head = df[df.type == "head"].set_index("part").dla
+    top_head = head.abs().idxmax()
     caption = (
-        f"Direct logit attribution to the first answer digit, by part and by head (one :lt trace); over "
-        f"{parts.dla.shape[1]} answer-digit positions the largest mean contributor is {top} "
-        f"({by_part[top]:.2f} logits)."
+        f"Direct logit attribution to the first answer digit {parts.target_tokens[column]!r} (answer {answer!r}) of "
+        f"one :lt trace, read at position {parts.position[column]} ({parts.token[column]!r}), the position that "
+        f"predicts it, by part and by head. The parts sum to {by_part.sum():.2f}, the digit's logit "
+        f"{float(parts.logit[column]):.2f}; the largest is {top} ({by_part[top]:.2f}), the largest head "
+        f"{top_head} ({head[top_head]:.2f})."
     )
-    answer = [i for i, k in enumerate(parts.kind) if k == "answer" and parts.token[i].isdigit()]
-    return Figure("residual_decomposition", parts.plot(column=answer[0] if answer else None), df, caption)
+    return Figure("residual_decomposition", parts.plot(column=column), df, caption)
 
 
-def trails_pca_figure(report) -> Figure:
-    traj, structures = report.pca_trajectories(layer=-1)
-    df = pd.DataFrame(
+def trails_step_figure(report) -> Figure:
+    """Structure x structure step-direction similarity of chain trails, one heatmap per layer."""
+    fig = report.plot_step_similarity()
+    t = report.table.set_index("layer")
+    layers = [label for label in t.index if pd.notna(t.chain_ratio[label])]
+    df = pd.concat(
         [
-            {
-                "trail": i,
-                "structure": s,
-                "step": j + 1,
-                "pc1": float(traj[i, j, 0]),
-                "pc2": float(traj[i, j, 1]),
-                "pc3": float(traj[i, j, 2]),
-            }
-            for i, s in enumerate(structures)
-            for j in range(traj.shape[1])
-        ]
-    )
+            report.step_similarity(label)
+            .rename_axis("structure_a")
+            .reset_index()
+            .melt(id_vars="structure_a", var_name="structure_b", value_name="mean_cosine")
+            .assign(layer=label)
+            for label in layers
+        ],
+        ignore_index=True,
+    )[["layer", "structure_a", "structure_b", "mean_cosine"]]
+    steps = len(report.chain_trails[0])
     caption = (
-        f"Chain trails (residual at the end of each CoT line, last layer) of {len(structures)} 3-step problems "
-        f"in PCA space, coloured by reasoning structure ({len(set(structures))} structures)."
+        f"Chain trails of {len(report.structures)} {steps}-step problems ({len(set(report.structures))} structures "
+        f"= sign patterns of the steps): the residual at the newline ending each CoT line, i.e. at visible text, "
+        f"no latents. Each cell is the mean centred cosine between two problems' step vectors (consecutive "
+        f"differences), by pair of structures; the diagonal is within-structure. Over all pairs of problems, "
+        f"within vs between: "
+        + ", ".join(
+            f"{label} {t.chain_within[label]:.2f} vs {t.chain_between[label]:.2f} (distance ratio "
+            f"{t.chain_ratio[label]:.2f})"
+            for label in layers
+        )
+        + "."
     )
-    return Figure("trails_pca", report.plot_pca(layer=-1), df, caption)
+    return Figure("trails_step_cosine", fig, df, caption)
 
 
 def trails_ratio_figure(report) -> Figure:
     t = report.table
     best = t.loc[t.depth_ratio.idxmin()]
     caption = (
-        f"Within/between-structure cosine distance of depth trails (prompt end) and chain trails by layer "
-        f"(< 1: same-structure trails closer), with library capture rate vs a bag-of-tokens baseline "
+        f"Left: within/between-structure cosine distance of depth trails (prompt end) and chain trails (CoT "
+        f"line ends) by layer (< 1: same-structure trails closer). Right: share of held-out problems whose nearest "
+        f"depth trail in a library has the same structure, against a bag-of-tokens baseline "
         f"({t.baseline_capture_rate.iloc[0]:.2f}). Best depth ratio {best.depth_ratio:.3f} at {best.layer}, "
         f"capture {best.capture_rate:.2f}."
     )
@@ -359,7 +444,7 @@ FIGURE_STEP = {
     "latent_decoding": "probes",
     "attention": "probes",
     "residual_decomposition": "probes",
-    "trails_pca": "trails",
+    "trails_step_cosine": "trails",
     "trails_structure_ratio": "trails",
 }
 STEP_NEEDS = {"eval": ("models",), "fig4": ("eval",), "probes": ("eval",), "collapse": (), "trails": (), "models": ()}
@@ -456,7 +541,7 @@ def build_figures(
         report = trails_study(lensing.load(f"{base}:lt"), problems)
         state["trails"] = report
         return {
-            "trails_pca": lambda: trails_pca_figure(report),
+            "trails_step_cosine": lambda: trails_step_figure(report),
             "trails_structure_ratio": lambda: trails_ratio_figure(report),
         }
 

@@ -41,6 +41,53 @@ def _fmt(x: float | None, spec: str) -> str:
     return "n/a" if x is None else spec.format(x)
 
 
+def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval (95% by default) of a binomial proportion, in percent.
+
+    >>> [round(x, 1) for x in wilson_interval(50, 50)]
+    [92.9, 100.0]
+    """
+    if n <= 0:
+        return float("nan"), float("nan")
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    low = 0.0 if correct == 0 else max(0.0, centre - half)  # the bounds are exact at 0 and n of n
+    high = 1.0 if correct == n else min(1.0, centre + half)
+    return 100 * low, 100 * high
+
+
+def accuracy_facts(evals: dict) -> tuple[dict, dict, int]:
+    """Accuracy (%) and mean latents per problem of each variant by difficulty (``"1"`` ...) and
+    ``"all"``, and the number of problems per difficulty: the numbers of the README's accuracy block
+    and of the accuracy figure."""
+    accuracy, latents = {}, {}
+    for variant, result in evals.items():
+        table = result.to_dataframe().set_index("steps")
+        accuracy[variant] = {s: _number(v) for s, v in table.accuracy.items()}
+        latents[variant] = {s: _number(v) for s, v in table.mean_latents.items()}
+    return accuracy, latents, int(table.n.iloc[0])
+
+
+def overall_accuracy_sentence(accuracy: dict, n_per_difficulty: int) -> str:
+    """The overall accuracies, the :lt - :cot gap and whether the 95% intervals overlap, in one
+    sentence shared by the README's accuracy block and the accuracy figure's caption."""
+    difficulties = [s for s in accuracy["cot"] if s != "all"]
+    n = n_per_difficulty * len(difficulties)
+    overall = {v: acc["all"] for v, acc in accuracy.items()}
+    intervals = {v: wilson_interval(round(a * n / 100), n) for v, a in overall.items()}
+    overlap = max(lo for lo, _ in intervals.values()) <= min(hi for _, hi in intervals.values())
+    gap = overall["lt"] - overall["cot"]
+    return (
+        "Overall: "
+        + ", ".join(f":{v} {a:.1f}%" for v, a in overall.items())
+        + f". On {n} problems per variant, :lt is {abs(gap):.1f} points {'above' if gap >= 0 else 'below'} :cot "
+        + "and the 95% Wilson intervals ("
+        + ", ".join(f":{v} {lo:.1f}-{hi:.1f}%" for v, (lo, hi) in intervals.items())
+        + (") all overlap." if overlap else ") do not all overlap.")
+    )
+
+
 def collect_facts(
     evals: dict, collapse_table, trails_table, n_chains: int, settings: dict, metas: dict[str, dict]
 ) -> dict:
@@ -58,11 +105,7 @@ def collect_facts(
         for variant, meta in metas.items()
     }
     alpha = metas["lt"]["latent_config"]["alpha"]
-    for variant, result in evals.items():
-        table = result.to_dataframe().set_index("steps")
-        facts["accuracy"][variant] = {s: _number(v) for s, v in table.accuracy.items()}
-        facts["mean_latents"][variant] = {s: _number(v) for s, v in table.mean_latents.items()}
-    facts["n_per_difficulty"] = int(table.n.iloc[0])
+    facts["accuracy"], facts["mean_latents"], facts["n_per_difficulty"] = accuracy_facts(evals)
     lt_traces = [t for t in evals["lt"].traces if t.n_latents]
     h = np.concatenate([t.latent_h.norm(dim=-1).numpy() for t in lt_traces])
     pred = np.concatenate([t.latent_pred.norm(dim=-1).numpy() for t in lt_traces])
@@ -101,7 +144,6 @@ def _accuracy_block(facts: dict) -> str:
     rows += [[f"`:{v}` mean latents", *(_fmt(lat[v][s], "{:.2f}") for s in [*steps, "all"])] for v in lat if v != "cot"]
     lt = [lat["lt"][s] for s in steps]
     grows = all(b > a for a, b in zip(lt, lt[1:], strict=False))
-    gap = acc["lt"]["all"] - acc["cot"]["all"]
     fusion = facts["fusion_parts"]
     return "\n".join(
         [
@@ -110,8 +152,8 @@ def _accuracy_block(facts: dict) -> str:
             _table(header, rows),
             "",
             f"`:lt` emits {lt[0]:.2f} latents per problem at 1 step and {lt[-1]:.2f} at {steps[-1]} steps "
-            f"({'monotonically more' if grows else 'not monotonically more'} with each step). Overall `:lt` is "
-            f"{abs(gap):.1f} points {'above' if gap >= 0 else 'below'} `:cot`. In `:lt`'s fusion the hidden-state "
+            f"({'monotonically more' if grows else 'not monotonically more'} with each step). "
+            f"{overall_accuracy_sentence(acc, facts['n_per_difficulty'])} In `:lt`'s fusion the hidden-state "
             f"part dominates: over its {fusion['n_latents']} latents the mean norm of alpha h is "
             f"{fusion['alpha_h_norm']:.2f} against {fusion['pred_part_norm']:.2f} for (1 - alpha) e_pred "
             f"(alpha = {fusion['alpha']}).",
