@@ -260,6 +260,9 @@ def _cmd_collapse(args: argparse.Namespace) -> None:
     latents = ("natural", "forced") if kinds == "both" else (kinds,)
     names = list(dict.fromkeys(args.model or bundled_variants()))
     layers = None if args.layers == "all" else tuple(part.strip() for part in args.layers.split(",") if part.strip())
+    labels = tuple(dict.fromkeys(part.strip() for part in args.labels.split(",") if part.strip()))
+    if not labels or any(label not in ("value", "last") for label in labels):
+        raise ValueError(f"--labels {args.labels!r}: give value, last or value,last")
     with progress("collapse", len(latents) * (2 * len(names) + 1) + 1) as bar:
         bar.set_postfix_str(f"loading {len(names)} models")
         models = {name: load(name) for name in names}
@@ -270,7 +273,15 @@ def _cmd_collapse(args: argparse.Namespace) -> None:
             bar.update()
 
         records = collapse_records(
-            models, n=args.n, latents=latents, chain=chain, layers=layers, folds=args.folds, seed=args.seed, log=log
+            models,
+            n=args.n,
+            latents=latents,
+            chain=chain,
+            layers=layers,
+            folds=args.folds,
+            labels=labels,
+            seed=args.seed,
+            log=log,
         )
     table = records_frame(records)
     _write_table(table, args.out, "collapse", COLLAPSE_NULL_REASONS)
@@ -600,6 +611,11 @@ def _main(argv: list[str] | None) -> None:
         "--layers", default="embed,last", help="read-out layers, comma-separated (last: each model's last; or all)"
     )
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds of the linear probes (0: no probes)")
+    p.add_argument(
+        "--labels",
+        default="value,last",
+        help="what the probes decode, comma-separated: value (the whole value) and/or last (its last character)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the test problems, probe folds and bootstraps")
     p.add_argument("--json", action="store_true", help="print a JSON list of records instead of tables")
     p.add_argument("--out", help="directory for collapse.csv and collapse.json (the records)")

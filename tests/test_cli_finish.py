@@ -106,12 +106,21 @@ def test_trails_and_collapse_json_are_strict_with_reasons(tmp_path, capsys):
     assert "same prompt-end token" in embed["null_reasons"]["depth_ratio"]
     assert all(isinstance(row["source_position"], int) for row in report["attribution_trail"])
     assert strict((tmp_path / "t" / "trails.json").read_text())[0]["null_reasons"]
+    assert {row["positions"] for row in report["layers"]} == {"text positions"}
+    assert {row["positions"] for row in report["rut"]} == {"text positions", "latent (natural)", "latent (forced)"}
+    embed = [r for r in report["rut"] if r["positions"] == "text positions" and r["layer"] == "embed"]
+    assert {r["metric"] for r in embed if r["value"] is None} == {"within", "between", "ratio", "capture_rate"} | {
+        "capture_chance",
+        "capture_gain",
+    }
+    assert all("same point" in r["null_reasons"]["value"] for r in embed if r["value"] is None)
 
-    main(["collapse", "--n", "6", "--latents", "2", "--json", "--out", str(tmp_path / "c")])
+    collapse = ["collapse", "--model", "arith-tiny:hidden", "--n", "6", "--latents", "2"]
+    main([*collapse, "--json", "--out", str(tmp_path / "c")])
     rows = strict(capsys.readouterr().out)
     _check_types(rows)
-    assert {row["where"] for row in rows} == {"latent", "text"}
-    assert all(isinstance(row["n"], int) for row in rows)
+    assert {row["latents"] for row in rows} == {"natural", "forced"}
+    assert all(row["step"] == "all" or isinstance(row["step"], int) for row in rows)
     assert strict((tmp_path / "c" / "collapse.json").read_text()) == rows
 
 

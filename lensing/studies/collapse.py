@@ -43,6 +43,15 @@ def text_anchors(trace: Trace) -> list[int]:
     return [i for i, (k, t) in enumerate(zip(trace.kinds, trace.tokens, strict=True)) if k == "cot" and t == "\n"]
 
 
+def cot_lines(trace: Trace, positions: list[int]) -> list[int]:
+    """The CoT line (1-based) each position sits in: one plus the CoT newlines before it.
+
+    A latent after the last CoT line (just before the answer) gets ``lines + 1``.
+    """
+    ends = text_anchors(trace)
+    return [1 + sum(end < pos for end in ends) for pos in positions]
+
+
 @dataclass
 class CollapseAccumulator:
     """Streaming statistics per (step, layer): moments for every sample, a reservoir for pairwise metrics."""
@@ -252,6 +261,8 @@ class LatentSet:
     ``"text"``: the newline ending each CoT line, a non-latent reference). ``h`` and ``e_pred``
     hold the two fusion parts of each latent (empty for ``"text"``); ``alpha`` is the model's
     fusion weight (the latent input is ``alpha*h + (1-alpha)*e_pred`` in fusion mode).
+    ``lines[i]`` gives, for each of those vectors, the CoT line it sits in (see :func:`cot_lines`;
+    empty when unknown, e.g. for sets built by hand).
     """
 
     model: str
@@ -262,6 +273,7 @@ class LatentSet:
     e_pred: list[Tensor]
     mode: str
     alpha: float
+    lines: list[list[int]] = field(default_factory=list)
 
     @property
     def counts(self) -> list[int]:
@@ -300,7 +312,7 @@ def latent_states(
         raise ValueError("empty problem list: nothing to measure")
     probe = attach(lm)
     forced = force_latents if latents == "forced" else 0
-    states, hs, preds = [], [], []
+    states, hs, preds, lines = [], [], [], []
     for start in range(0, len(problems), batch_size):
         chunk = problems[start : start + batch_size]
         traces = lm.generate([p.prompt for p in chunk], max_new_tokens=max_new_tokens, force_latents=forced)
@@ -316,7 +328,10 @@ def latent_states(
             states.append(stack[:, i, anchors].permute(1, 0, 2).double().clone())
             hs.append(h.double().clone())
             preds.append(e.double().clone())
-    return LatentSet(name, latents, probe.layer_labels, states, hs, preds, lm.config.mode, float(lm.config.alpha))
+            lines.append(cot_lines(trace, anchors))
+    return LatentSet(
+        name, latents, probe.layer_labels, states, hs, preds, lm.config.mode, float(lm.config.alpha), lines
+    )
 
 
 def _ci_metrics(x: Tensor, token_stats: MomentStats, token_norm: Tensor) -> dict[str, float]:
