@@ -270,3 +270,24 @@ def test_init_continues_from_a_stage_checkpoint_on_its_splits(tmp_path):
         run_curriculum(replace(cfg, n_train=8), tmp_path / "y", init=tmp_path / "cot" / "cot")
     with pytest.raises(ValueError, match="task 'hops', not 'arith'"):
         run_curriculum(replace(cfg, task="arith", steps=(1, 1, 1, 1, 1, 1, 1)), tmp_path / "z", init=tmp_path / "cot" / "cot")
+
+
+def test_advance_at_moves_on_early_but_the_last_stage_takes_its_full_count(tmp_path, monkeypatch):
+    import lensing.train.curriculum as curriculum
+    from lensing.train.curriculum import TrainConfig
+
+    class Passing:  # every check reports 100% validation accuracy
+        accuracy = 100.0
+
+        def to_dict(self):
+            return {"accuracy": 100.0}
+
+    monkeypatch.setattr(curriculum, "evaluate", lambda lm, problems: Passing())
+    cfg = TrainConfig(
+        task="hops", curriculum="coconut", n_layers=2, d_model=32, n_heads=4, d_mlp=64, batch_size=2, warmup=1,
+        n_train=2, n_val=1, n_test=1, steps=(8, 8, 8, 8, 8, 8), advance_at=90, check_every=3,
+    )  # fmt: skip
+    records = run_curriculum(cfg, tmp_path / "run", log=lambda m: None)
+    assert [r["training"]["steps"] for r in records.values()] == [3, 3, 3, 3, 3, 8]
+    assert records["cot"]["training"]["checks"] == [(3, 100.0)] and records["coconut"]["training"]["checks"] == []
+    assert records["coconut"]["training"]["total_steps"] == 5 * 3 + 8

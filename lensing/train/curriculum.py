@@ -41,10 +41,11 @@ class TrainConfig:
     vocabulary (``real-vocab``) or with `<thinking>` in the softmax (``with-thinking``, the rule
     the bundled arith models were trained with).
 
-    With ``advance_at`` a stage ends as soon as its validation accuracy (checked every
-    ``check_every`` steps, on the stage's own inference rule) reaches that many percent, so
-    ``steps`` become the most each stage may take; ``mix_previous`` is the share of a latent
-    stage's examples drawn from earlier stages (Coconut's mixing; 0 = none).
+    With ``advance_at`` the run moves on to the next stage as soon as the current one's
+    validation accuracy (checked every ``check_every`` steps, on the stage's own inference rule)
+    reaches that many percent, so ``steps`` become the most those stages may take; the last stage
+    always takes its full count (so single-stage controls keep their budget). ``mix_previous``
+    is the share of a latent stage's examples drawn from earlier stages (Coconut's mixing).
     """
 
     n_layers: int = 4
@@ -111,12 +112,16 @@ PRESETS = {
         n_test=1,
     ),
     # pointer chasing: 6,000 problems per hop count; written CoT needs ~2,000 steps at lr 2e-3 to
-    # get past its phase transition; Coconut's h is the last hidden state (after the final norm)
+    # get past its phase transition; Coconut's h is the last hidden state (after the final norm);
+    # latent stages move on at 90% validation accuracy and mix in 20% of earlier stages' data
     "hops": TrainConfig(
         task="hops",
         curriculum="stepsup",
-        steps=(2000, 400, 400, 400, 400, 400),
+        steps=(3000, 600, 600, 600, 600, 1000),
         lr=(2e-3, 1e-3),
+        advance_at=90.0,
+        check_every=100,
+        mix_previous=0.2,
         n_train=6000,
         n_val=50,
         n_test=100,
@@ -352,7 +357,7 @@ def run_curriculum(
             stage=stage.name,
             checkpoint_every=checkpoint_every,
             loss_fn=stage.loss,
-            check=(lambda: evaluate(lm, splits.val).accuracy) if splits.val else None,
+            check=(lambda: evaluate(lm, splits.val).accuracy) if splits.val and index + 1 < len(plan) else None,
             checks=checks,
         )
         wall = time.time() - t0
