@@ -52,6 +52,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
         cfg = replace(cfg, advance_at=args.advance_at, check_every=args.check_every)
     if args.mix_previous is not None:
         cfg = replace(cfg, mix_previous=args.mix_previous)
+    if args.lr_schedule is not None:
+        cfg = replace(cfg, lr_schedule=args.lr_schedule)
     stage_plan(cfg)  # a stage count that does not fit stops here, before any work
     command = "lensing " + " ".join(sys.argv[1:])
     records = run_curriculum(
@@ -548,6 +550,9 @@ def _main(argv: list[str] | None) -> None:
     p.add_argument("--steps", default=None, help="steps per stage, e.g. 600,300,300 for lt")
     p.add_argument("--seed", type=int, default=0, help="seed for data, initialisation and batch order")
     p.add_argument("--lr", default=None, help="peak learning rate per stage, e.g. 2e-3,1e-3 (the last repeats)")
+    p.add_argument(
+        "--lr-schedule", choices=("cosine", "constant"), default=None, help="after warmup: cosine decay or constant"
+    )
     p.add_argument(
         "--init", default=None, help="start from this stage checkpoint (e.g. RUN/cot) and skip the stages it has done"
     )

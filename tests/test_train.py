@@ -291,3 +291,13 @@ def test_advance_at_moves_on_early_but_the_last_stage_takes_its_full_count(tmp_p
     assert [r["training"]["steps"] for r in records.values()] == [3, 3, 3, 3, 3, 8]
     assert records["cot"]["training"]["checks"] == [(3, 100.0)] and records["coconut"]["training"]["checks"] == []
     assert records["coconut"]["training"]["total_steps"] == 5 * 3 + 8
+
+
+def test_constant_schedule_holds_the_peak_after_warmup():
+    from lensing.train import TrainConfig
+    from lensing.train.curriculum import lr_at
+
+    assert [lr_at(s, 100, 2e-3, 10, "constant") for s in (4, 10, 50, 99)] == [1e-3, 2e-3, 2e-3, 2e-3]
+    assert lr_at(99, 100, 2e-3, 10) == pytest.approx(2e-4, rel=1e-2)  # cosine ends near at 10% of the peak
+    with pytest.raises(ValueError, match="lr_schedule must be one of cosine, constant, got 'linear'"):
+        TrainConfig(lr_schedule="linear")

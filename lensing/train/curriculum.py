@@ -29,6 +29,8 @@ from lensing.train.data import Example, collate, encode_problems
 from lensing.train.evaluate import evaluate
 from lensing.train.runs import TOKENIZER_DIR, RunFolder
 
+LR_SCHEDULES = ("cosine", "constant")
+
 
 @dataclass
 class TrainConfig:
@@ -46,6 +48,8 @@ class TrainConfig:
     reaches that many percent, so ``steps`` become the most those stages may take; the last stage
     always takes its full count (so single-stage controls keep their budget). ``mix_previous``
     is the share of a latent stage's examples drawn from earlier stages (Coconut's mixing).
+    Each stage warms up linearly over ``warmup`` steps, then follows ``lr_schedule``: ``cosine``
+    (decay to 10% of the peak at the stage's last step) or ``constant`` (the peak throughout).
     """
 
     n_layers: int = 4
@@ -64,9 +68,12 @@ class TrainConfig:
     advance_at: float | None = None
     check_every: int = 200
     mix_previous: float = 0.0
+    lr_schedule: str = "cosine"
 
     def __post_init__(self) -> None:
         self.steps, self.lr = tuple(self.steps), tuple(self.lr)
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if self.insertion_scoring not in ("real-vocab", "with-thinking"):
             raise ValueError(f"insertion_scoring must be real-vocab or with-thinking, got {self.insertion_scoring!r}")
         if self.latents_per_step < 1:
@@ -155,10 +162,16 @@ def build_model(cfg: TrainConfig, tokenizer_dir: Path) -> LatentLM:
     return LatentLM(LlamaForCausalLM(config), tokenizer, cfg.latent, answer_marker=ANSWER_MARKER)
 
 
-def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
-    """Linear warmup then cosine decay to 10% of the peak."""
+def lr_at(step: int, total: int, peak: float, warmup: int, schedule: str = "cosine") -> float:
+    """Linear warmup, then cosine decay to 10% of the peak (``cosine``) or the peak (``constant``).
+
+    >>> [round(lr_at(s, 10, 1.0, 2), 3) for s in (0, 1, 9)], lr_at(9, 10, 1.0, 2, "constant")
+    ([0.5, 1.0, 0.134], 1.0)
+    """
     if step < warmup:
         return peak * (step + 1) / warmup
+    if schedule == "constant":
+        return peak
     progress = (step - warmup) / max(1, total - warmup)
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
@@ -207,7 +220,7 @@ def train_stage(
     bar = tqdm(range(start, steps), desc=desc, file=sys.stderr, mininterval=2.0, initial=start, total=steps)
     for step in bar:
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, steps, lr, cfg.warmup)
+            group["lr"] = lr_at(step, steps, lr, cfg.warmup, cfg.lr_schedule)
         bucket = rng.choice(buckets)
         loss = (loss_fn or batch_loss)(lm, rng.sample(bucket, min(cfg.batch_size, len(bucket))))
         optimizer.zero_grad(set_to_none=True)
