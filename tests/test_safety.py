@@ -518,7 +518,7 @@ def test_ctrl_c_prints_one_line_and_leaves_no_partial_file(tmp_path, after):
     time.sleep(after)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
-    assert process.returncode == 130
+    assert process.returncode == 130, f"exit {process.returncode} after SIGINT at {after}s; stderr:\n{err[-3000:]}"
     assert err.strip().splitlines()[-1] == "lensing collapse: interrupted, nothing half-written"
     assert "Traceback" not in err
     assert not (tmp_path / "tables").exists() or not any((tmp_path / "tables").iterdir())
