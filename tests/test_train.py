@@ -264,6 +264,14 @@ def test_init_continues_from_a_stage_checkpoint_on_its_splits(tmp_path):
     final = LatentLM.from_pretrained(tmp_path / "sup" / "stepsup")
     for name, value in cot.model.state_dict().items():  # a 1e-12 learning rate leaves cot's weights
         assert torch.allclose(final.model.state_dict()[name], value, atol=1e-6), name
+    again = run_curriculum(
+        TrainConfig(curriculum="cot", steps=(4,), lr=(1e-12,), **small), tmp_path / "again", log=lambda m: None,
+        init=tmp_path / "cot" / "cot",
+    )  # the plan's last stage is trained further (4 steps), from cot's weights
+    assert list(again) == ["cot"] and again["cot"]["training"]["total_steps"] == 3 + 4
+    assert again["cot"]["training"]["init"] == str((tmp_path / "cot" / "cot").resolve())
+    restarted = LatentLM.from_pretrained(tmp_path / "again" / "cot").model.state_dict()
+    assert all(torch.allclose(restarted[name], value, atol=1e-6) for name, value in cot.model.state_dict().items())
     with pytest.raises(ValueError, match="does not have"):  # a stepsup stage is not an LT stage
         run_curriculum(replace(cfg, curriculum="lt", steps=(1, 1, 1)), tmp_path / "x", init=tmp_path / "sup" / "stepsup")
     with pytest.raises(ValueError, match="n_train=4, this run has 8"):

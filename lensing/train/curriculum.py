@@ -283,7 +283,9 @@ def run_curriculum(
 
     ``init`` (a stage checkpoint of an earlier run on the same task, e.g. its ``cot``) starts the
     run from that model and skips the plan's stages up to and including that stage, so curricula
-    compared from one CoT model share it exactly; the data splits are then the init run's (its
+    compared from one CoT model share it exactly (a checkpoint of the plan's last stage, e.g. a
+    ``cot`` checkpoint given to the ``cot`` curriculum, is trained further with a fresh optimizer:
+    a restart, perhaps at another learning rate); the data splits are then the init run's (its
     seed), so no test problem was trained on, and ``cfg.seed`` only orders the batches.
     """
     plan, steps = stage_plan(cfg)
@@ -301,7 +303,10 @@ def run_curriculum(
                 f"init checkpoint {init} is stage {stage_name!r}, which curriculum {cfg.curriculum!r} "
                 f"does not have (its stages: {', '.join(names)})"
             )
-        skip = set(names[: names.index(stage_name) + 1])
+        done = names.index(stage_name) + 1
+        if done == len(names):  # the plan's last stage is trained further, with a fresh optimizer
+            done -= 1
+        skip = set(names[:done])
         trained = start.meta["record"]["training"]["train_config"]
         for key in ("n_train", "n_val", "n_test"):
             if trained[key] != getattr(cfg, key):
