@@ -525,6 +525,19 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _main(argv: list[str] | None) -> None:
+    args = build_parser().parse_args(argv)
+    from lensing._quiet import quiet
+
+    quiet(args.verbose)
+    try:
+        _validate(args)
+        args.func(args)
+    except USER_ERRORS as err:
+        raise SystemExit(f"lensing {args.command}: {_one_line(err)}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``lensing`` command's parser: every command, argument and help line (nothing is run)."""
     parser = argparse.ArgumentParser(prog="lensing", description="Look inside latent-reasoning language models.")
     parser.add_argument("--version", action="version", version=f"lensing {_version()}")
     parser.add_argument(
@@ -690,15 +703,7 @@ def _main(argv: list[str] | None) -> None:
     add_intervention_commands(sub)
 
     _fill_common_help(parser)
-    args = parser.parse_args(argv)
-    from lensing._quiet import quiet
-
-    quiet(args.verbose)
-    try:
-        _validate(args)
-        args.func(args)
-    except USER_ERRORS as err:
-        raise SystemExit(f"lensing {args.command}: {_one_line(err)}") from None
+    return parser
 
 
 def _version() -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import subprocess
 import sys
 from importlib.metadata import version
@@ -14,7 +15,7 @@ import pytest
 
 import lensing
 from lensing import _json
-from lensing.cli import main
+from lensing.cli import build_parser, main
 from lensing.viz import paper
 
 
@@ -124,25 +125,8 @@ def test_trails_and_collapse_json_are_strict_with_reasons(tmp_path, capsys):
     assert strict((tmp_path / "c" / "collapse.json").read_text()) == rows
 
 
-def _parser() -> argparse.ArgumentParser:
-    captured = {}
-
-    def grab(self, *args, **kwargs):
-        captured["parser"] = self
-        raise SystemExit(0)
-
-    original = argparse.ArgumentParser.parse_args
-    argparse.ArgumentParser.parse_args = grab
-    try:
-        with pytest.raises(SystemExit):
-            main([])
-    finally:
-        argparse.ArgumentParser.parse_args = original
-    return captured["parser"]
-
-
 def test_every_argument_of_every_command_has_help():
-    parser = _parser()
+    parser = build_parser()
     missing, commands = [], []
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
@@ -153,6 +137,26 @@ def test_every_argument_of_every_command_has_help():
             missing.append(("lensing", action.dest))
     assert {"train", "eval", "trace", "collapse", "trails", "figures", "explore"} <= set(commands)
     assert missing == []
+
+
+def test_every_command_line_in_the_readme_parses():
+    """Each ``lensing ...`` line in the README's shell blocks, its [optional] parts dropped, is accepted."""
+    import shlex
+    from pathlib import Path
+
+    readme = Path(__file__).parents[1] / "README.md"
+    blocks = re.findall(r"```bash\n(.*?)```", readme.read_text(), flags=re.S)
+    lines = [line.split("  #")[0] for block in blocks for line in block.splitlines() if line.startswith("lensing ")]
+    assert len(lines) >= 15
+    parser = build_parser()
+    for line in lines:
+        words = shlex.split(re.sub(r"\[[^\]]*\]", "", line))[1:]
+        if words == ["--version"]:
+            continue
+        try:
+            parser.parse_args(words)
+        except SystemExit:
+            raise AssertionError(f"README command does not parse: {line}") from None
 
 
 def test_version(capsys):
