@@ -54,6 +54,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
         cfg = replace(cfg, mix_previous=args.mix_previous)
     if args.lr_schedule is not None:
         cfg = replace(cfg, lr_schedule=args.lr_schedule)
+    if args.n_train is not None:
+        cfg = replace(cfg, n_train=args.n_train)
     stage_plan(cfg)  # a stage count that does not fit stops here, before any work
     command = "lensing " + " ".join(sys.argv[1:])
     records = run_curriculum(
@@ -565,6 +567,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", default=None, help="peak learning rate per stage, e.g. 2e-3,1e-3 (the last repeats)")
     p.add_argument(
         "--lr-schedule", choices=("cosine", "constant"), default=None, help="after warmup: cosine decay or constant"
+    )
+    p.add_argument(
+        "--n-train", type=positive_int, default=None, help="training problems per difficulty (default: the preset's)"
     )
     p.add_argument(
         "--init", default=None, help="start from this stage checkpoint (e.g. RUN/cot) and skip the stages it has done"

@@ -309,3 +309,20 @@ def test_constant_schedule_holds_the_peak_after_warmup():
     assert lr_at(99, 100, 2e-3, 10) == pytest.approx(2e-4, rel=1e-2)  # cosine ends near at 10% of the peak
     with pytest.raises(ValueError, match="lr_schedule must be one of cosine, constant, got 'linear'"):
         TrainConfig(lr_schedule="linear")
+
+
+def test_train_command_line_options_reach_the_config(tmp_path, monkeypatch):
+    import lensing.train
+    from lensing.cli import main
+
+    seen = {}
+    monkeypatch.setattr(lensing.train, "run_curriculum", lambda cfg, out, **kw: seen.update(cfg=cfg, init=kw["init"]) or {})
+    main(
+        ["train", "--task", "hops", "--curriculum", "cot", "--steps", "7", "--lr", "3e-3", "--lr-schedule", "constant",
+         "--n-train", "123", "--mix-previous", "0.1", "--advance-at", "80", "--check-every", "9", "--seed", "4",
+         "--out", str(tmp_path / "run")]
+    )  # fmt: skip
+    cfg = seen["cfg"]
+    assert (cfg.task, cfg.curriculum, cfg.steps, cfg.lr, cfg.lr_schedule) == ("hops", "cot", (7,), (3e-3,), "constant")
+    assert (cfg.n_train, cfg.mix_previous, cfg.advance_at, cfg.check_every, cfg.seed) == (123, 0.1, 80.0, 9, 4)
+    assert seen["init"] is None and cfg.n_val == PRESETS["hops"].n_val  # the rest is the hops preset's
