@@ -56,6 +56,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
         cfg = replace(cfg, lr_schedule=args.lr_schedule)
     if args.n_train is not None:
         cfg = replace(cfg, n_train=args.n_train)
+    if args.tie_embeddings:
+        cfg = replace(cfg, tie_embeddings=True)
     stage_plan(cfg)  # a stage count that does not fit stops here, before any work
     command = "lensing " + " ".join(sys.argv[1:])
     records = run_curriculum(
@@ -570,6 +572,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--n-train", type=positive_int, default=None, help="training problems per difficulty (default: the preset's)"
+    )
+    p.add_argument(
+        "--tie-embeddings", action="store_true", help="share the unembedding with the input embedding (a new model)"
     )
     p.add_argument(
         "--init", default=None, help="start from this stage checkpoint (e.g. RUN/cot) and skip the stages it has done"

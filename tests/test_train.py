@@ -319,10 +319,23 @@ def test_train_command_line_options_reach_the_config(tmp_path, monkeypatch):
     monkeypatch.setattr(lensing.train, "run_curriculum", lambda cfg, out, **kw: seen.update(cfg=cfg, init=kw["init"]) or {})
     main(
         ["train", "--task", "hops", "--curriculum", "cot", "--steps", "7", "--lr", "3e-3", "--lr-schedule", "constant",
-         "--n-train", "123", "--mix-previous", "0.1", "--advance-at", "80", "--check-every", "9", "--seed", "4",
+         "--n-train", "123", "--tie-embeddings", "--mix-previous", "0.1", "--advance-at", "80", "--check-every", "9", "--seed", "4",
          "--out", str(tmp_path / "run")]
     )  # fmt: skip
     cfg = seen["cfg"]
     assert (cfg.task, cfg.curriculum, cfg.steps, cfg.lr, cfg.lr_schedule) == ("hops", "cot", (7,), (3e-3,), "constant")
     assert (cfg.n_train, cfg.mix_previous, cfg.advance_at, cfg.check_every, cfg.seed) == (123, 0.1, 80.0, 9, 4)
+    assert cfg.tie_embeddings and not PRESETS["hops"].tie_embeddings
     assert seen["init"] is None and cfg.n_val == PRESETS["hops"].n_val  # the rest is the hops preset's
+
+
+def test_tied_embeddings_share_one_matrix_through_a_checkpoint(tmp_path):
+    from lensing.train.curriculum import TrainConfig, build_model
+
+    for tie in (False, True):
+        lm = build_model(TrainConfig(task="hops", n_layers=1, d_model=16, d_mlp=32, tie_embeddings=tie), tmp_path / "tok")
+        lm.save_pretrained(tmp_path / str(tie))
+        loaded = LatentLM.from_pretrained(tmp_path / str(tie)).model
+        shared = loaded.get_output_embeddings().weight is loaded.get_input_embeddings().weight
+        assert shared == tie
+        assert torch.equal(loaded.get_output_embeddings().weight, lm.model.get_output_embeddings().weight)

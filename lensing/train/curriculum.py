@@ -50,6 +50,9 @@ class TrainConfig:
     is the share of a latent stage's examples drawn from earlier stages (Coconut's mixing).
     Each stage warms up linearly over ``warmup`` steps, then follows ``lr_schedule``: ``cosine``
     (decay to 10% of the peak at the stage's last step) or ``constant`` (the peak throughout).
+    ``tie_embeddings`` shares the unembedding with the input embedding: untied, a hops CoT model
+    was seen to collapse the unembedding rows of four node letters onto one direction (cosine
+    0.99), after which it could not write those letters apart and sat at chance.
     """
 
     n_layers: int = 4
@@ -69,6 +72,7 @@ class TrainConfig:
     check_every: int = 200
     mix_previous: float = 0.0
     lr_schedule: str = "cosine"
+    tie_embeddings: bool = False
 
     def __post_init__(self) -> None:
         self.steps, self.lr = tuple(self.steps), tuple(self.lr)
@@ -153,7 +157,7 @@ def build_model(cfg: TrainConfig, tokenizer_dir: Path) -> LatentLM:
         num_attention_heads=cfg.n_heads,
         num_key_value_heads=cfg.n_heads,
         max_position_embeddings=cfg.max_len,
-        tie_word_embeddings=False,
+        tie_word_embeddings=cfg.tie_embeddings,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
