@@ -381,6 +381,23 @@ def test_interrupted_training_resumes_to_the_same_weights(uninterrupted, tmp_pat
     assert json.loads((out / "run.json").read_text())["complete"] is True
 
 
+def test_a_tied_model_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from lensing.train import PRESETS, run_curriculum
+
+    cfg = replace(PRESETS["smoke"], curriculum="cot", steps=(12,), tie_embeddings=True)
+    run_curriculum(cfg, tmp_path / "whole", log=lambda m: None, checkpoint_every=5)
+    _interrupt_at(monkeypatch, 8)  # after the periodic checkpoint at step 5, which holds the shared matrix once
+    with pytest.raises(Interrupt):
+        run_curriculum(cfg, tmp_path / "run", log=lambda m: None, checkpoint_every=5)
+    monkeypatch.undo()
+    run_curriculum(cfg, tmp_path / "run", log=lambda m: None, checkpoint_every=5, resume=True)
+    whole, resumed = (LatentLM.from_pretrained(tmp_path / name / "cot").model for name in ("whole", "run"))
+    assert resumed.get_output_embeddings().weight is resumed.get_input_embeddings().weight
+    assert all(torch.equal(v, resumed.state_dict()[k]) for k, v in whole.state_dict().items())
+
+
 def test_resume_with_other_settings_is_refused(uninterrupted, tmp_path):
     from dataclasses import replace
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 RUN_FILE = "run.json"
 RESUME_DIR = ".resume"
@@ -125,8 +125,7 @@ class RunFolder:
         """Everything needed to continue ``stage`` after ``step`` steps, replacing the last one atomically."""
         tmp = Path(tempfile.mkdtemp(prefix=f"{RESUME_DIR}.", dir=self.path))
         try:
-            weights = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-            save_file(weights, str(tmp / "model.safetensors"))
+            save_model(model, str(tmp / "model.safetensors"))  # tied weights are written once
             state = optimizer.state_dict()
             tensors = {
                 f"{index}.{key}": value.contiguous()
@@ -165,7 +164,7 @@ class RunFolder:
             state = json.loads((folder / "state.json").read_text())
             if state["run_id"] != self.run_id or state["stage"] != stage:
                 return 0, []
-            model.load_state_dict(load_file(str(folder / "model.safetensors")))
+            load_model(model, str(folder / "model.safetensors"))
             slots: dict[int, dict] = {}
             for name, value in load_file(str(folder / "optimizer.safetensors")).items():
                 index, key = name.split(".", 1)
