@@ -59,14 +59,27 @@ test-latest: chromium
 benchmarks: setup
 	$(PY) benchmarks/run.py
 
-# The hops comparison at equal budget: every curriculum, three seeds, ZOO_STEPS optimizer steps each.
-# Hours on a CPU; resumable (rerun the same command after an interruption).
-ZOO_STEPS ?= 4000
+# The hops comparison. Per seed: the stepsup run (the hops preset: its CoT stage moves on at 90%
+# validation accuracy); then coconut, pause, codi and lt from that run's CoT checkpoint (--init), each
+# with at most ZOO_LATENT_STEPS latent-stage steps; the CoT model trained further for ZOO_LATENT_STEPS
+# (equal budget, written CoT); no-CoT from scratch for the CoT stage's maximum plus ZOO_LATENT_STEPS.
+# Hours on a CPU; resumable (rerun the same command after an interruption). `lensing compare`
+# then reports each variant across seeds with the optimizer steps it really took.
 ZOO_SEEDS ?= 0 1 2
-ZOO_CURRICULA ?= cot nocot pause coconut stepsup lt
+ZOO_LATENT_STEPS ?= 3400
+LENSING := $(VENV)/bin/lensing
+HOPS := $(LENSING) train --task hops --preset hops
 zoo: setup
-	for seed in $(ZOO_SEEDS); do for c in $(ZOO_CURRICULA); do \
-		$(VENV)/bin/lensing train --task hops --curriculum $$c --max-steps $(ZOO_STEPS) --seed $$seed \
-			--out zoo/hops/$$c-seed$$seed --resume || exit 1; \
-	done; done
-	for run in zoo/hops/*-seed*[0-9]; do c=$$(basename $$run); $(VENV)/bin/lensing eval $$run/$${c%-seed*} --n 100 --json > $$run.eval.json; done
+	for seed in $(ZOO_SEEDS); do \
+		dir=zoo/hops; cot=$$dir/stepsup-seed$$seed/cot; \
+		$(HOPS) --seed $$seed --out $$dir/stepsup-seed$$seed --resume || exit 1; \
+		for c in coconut pause; do \
+			$(HOPS) --curriculum $$c --init $$cot --seed $$seed --out $$dir/$$c-seed$$seed --resume || exit 1; \
+		done; \
+		$(HOPS) --curriculum codi --steps 1,$(ZOO_LATENT_STEPS) --init $$cot --seed $$seed --out $$dir/codi-seed$$seed --resume || exit 1; \
+		$(HOPS) --curriculum lt --steps 1,$$(($(ZOO_LATENT_STEPS) / 2)),$$(($(ZOO_LATENT_STEPS) / 2)) --init $$cot --seed $$seed --out $$dir/lt-seed$$seed --resume || exit 1; \
+		$(HOPS) --curriculum cot --steps $(ZOO_LATENT_STEPS) --init $$cot --seed $$seed --out $$dir/cot-seed$$seed --resume || exit 1; \
+		$(HOPS) --curriculum nocot --steps $$((3000 + $(ZOO_LATENT_STEPS))) --seed $$seed --out $$dir/nocot-seed$$seed --resume || exit 1; \
+	done
+	$(LENSING) compare zoo/hops/*-seed*/stepsup zoo/hops/*-seed*/coconut zoo/hops/*-seed*/pause zoo/hops/*-seed*/codi \
+		zoo/hops/*-seed*/lt zoo/hops/cot-seed*/cot zoo/hops/nocot-seed*/nocot --n 100

@@ -58,6 +58,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
         cfg = replace(cfg, n_train=args.n_train)
     if args.tie_embeddings:
         cfg = replace(cfg, tie_embeddings=True)
+    for assignment in args.set or ():
+        cfg = replace(cfg, **_config_override(cfg, assignment))
     stage_plan(cfg)  # a stage count that does not fit stops here, before any work
     command = "lensing " + " ".join(sys.argv[1:])
     records = run_curriculum(
@@ -76,6 +78,27 @@ def _cmd_train(args: argparse.Namespace) -> None:
     for name, rec in records.items():
         accuracy = f"val accuracy {rec['eval']['accuracy']:.1f}%" if rec["eval"] else "no validation split"
         print(f"{name}: {accuracy}, {rec['training']['steps']} steps ({rec['training']['wall_time_s']:.0f}s)")
+
+
+def _config_override(cfg, assignment: str) -> dict:
+    """``{"n_heads": 8}`` from ``"n_heads=8"``, the value read as the field's current type."""
+    from dataclasses import fields
+
+    name, _, text = assignment.partition("=")
+    known = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
+    current = known.get(name)
+    if not text or name not in known or not isinstance(current, (bool, int, float, str)):
+        settable = ", ".join(k for k, v in known.items() if isinstance(v, (bool, int, float, str)))
+        raise ValueError(f"--set {assignment!r}: give FIELD=VALUE with FIELD one of {settable}")
+    if isinstance(current, bool):
+        if text.lower() not in ("true", "false"):
+            raise ValueError(f"--set {assignment!r}: {name} is true or false")
+        return {name: text.lower() == "true"}
+    try:
+        return {name: type(current)(text)}
+    except ValueError:
+        kind = "a whole number" if isinstance(current, int) else "a number"
+        raise ValueError(f"--set {assignment!r}: {name} must be {kind}") from None
 
 
 def _cmd_compare(args: argparse.Namespace) -> None:
@@ -572,6 +595,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--n-train", type=positive_int, default=None, help="training problems per difficulty (default: the preset's)"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="FIELD=VALUE",
+        help="any other TrainConfig field, e.g. --set n_heads=8 --set weight_decay=0.1 (repeatable)",
     )
     p.add_argument(
         "--tie-embeddings", action="store_true", help="share the unembedding with the input embedding (a new model)"
