@@ -318,21 +318,21 @@ def test_train_command_line_options_reach_the_config(tmp_path, monkeypatch):
     seen = {}
     monkeypatch.setattr(lensing.train, "run_curriculum", lambda cfg, out, **kw: seen.update(cfg=cfg, init=kw["init"]) or {})
     main(
-        ["train", "--task", "hops", "--curriculum", "cot", "--steps", "7", "--lr", "3e-3", "--lr-schedule", "constant",
+        ["train", "--task", "hops", "--preset", "tiny", "--curriculum", "cot", "--steps", "7", "--lr", "3e-3", "--lr-schedule", "constant",
          "--n-train", "123", "--tie-embeddings", "--set", "n_heads=8", "--set", "weight_decay=0.1", "--mix-previous", "0.1", "--advance-at", "80", "--check-every", "9", "--seed", "4",
          "--out", str(tmp_path / "run")]
     )  # fmt: skip
     cfg = seen["cfg"]
     assert (cfg.task, cfg.curriculum, cfg.steps, cfg.lr, cfg.lr_schedule) == ("hops", "cot", (7,), (3e-3,), "constant")
     assert (cfg.n_train, cfg.mix_previous, cfg.advance_at, cfg.check_every, cfg.seed) == (123, 0.1, 80.0, 9, 4)
-    assert cfg.tie_embeddings and not PRESETS["hops"].tie_embeddings
+    assert cfg.tie_embeddings and not PRESETS["tiny"].tie_embeddings
     assert (cfg.n_heads, cfg.weight_decay) == (8, 0.1)
     for bad, message in (("n_heads=eight", "n_heads must be a whole number"), ("heads=8", "FIELD one of n_layers"),
                          ("latent=x", "FIELD one of"), ("tie_embeddings=yes", "true or false")):  # fmt: skip
         with pytest.raises(SystemExit, match=message):
             main(["train", "--task", "hops", "--set", bad, "--out", str(tmp_path / "bad")])
     assert not (tmp_path / "bad").exists()
-    assert seen["init"] is None and cfg.n_val == PRESETS["hops"].n_val  # the rest is the hops preset's
+    assert seen["init"] is None and cfg.n_val == PRESETS["tiny"].n_val  # the rest is the preset's
 
 
 def test_tied_embeddings_share_one_matrix_through_a_checkpoint(tmp_path):
