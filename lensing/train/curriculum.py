@@ -126,7 +126,7 @@ PRESETS = {
     # final norm); latent stages move on at 90% validation accuracy and mix in 20% of earlier stages'
     # data; tied embeddings, because untied the unembedding rows of several node letters collapsed
     # (cosine 0.96-0.99 in 2 of 2 runs) and the model could not copy them. Written CoT still needs a
-    # phase transition (the edge lookup) that 3,000 steps at lr 2e-3 did not reach in 4 of 4 runs.
+    # phase transition (the edge lookup) that 3,000 steps at lr 2e-3 did not reach in 3 of 3 runs.
     "hops": TrainConfig(
         task="hops",
         curriculum="stepsup",
