@@ -365,3 +365,19 @@ def test_moment_stats_agree_with_geometry(seed, n, d):
     close(sx.frechet_distance(sy), frechet_distance(x, y))
     torch.testing.assert_close(sx.covariance, torch.cov(x.T, correction=0))
     torch.testing.assert_close(sx.gram, x.T @ x)
+
+
+def test_closest_pair_finds_parallel_rows_and_refuses_zero_rows():
+    import pytest
+    import torch
+
+    from lensing.metrics import closest_pair
+
+    x = torch.eye(4)
+    x[3] = torch.tensor([0.0, 5.0, 0.0, 0.0])
+    assert closest_pair(x) == (pytest.approx(1.0), (1, 3))
+    assert closest_pair(torch.eye(3))[0] == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="row 1 is zero"):
+        closest_pair(torch.tensor([[1.0, 0.0], [0.0, 0.0]]))
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        closest_pair(torch.ones(1, 3))

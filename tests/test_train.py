@@ -345,3 +345,22 @@ def test_tied_embeddings_share_one_matrix_through_a_checkpoint(tmp_path):
         shared = loaded.get_output_embeddings().weight is loaded.get_input_embeddings().weight
         assert shared == tie
         assert torch.equal(loaded.get_output_embeddings().weight, lm.model.get_output_embeddings().weight)
+
+
+def test_stage_records_name_the_closest_unembedding_rows(tmp_path):
+    from lensing.train.curriculum import TrainConfig, unembedding_overlap
+
+    small = dict(task="hops", n_layers=1, d_model=16, n_heads=2, d_mlp=32, batch_size=2, warmup=1)
+    records = run_curriculum(
+        TrainConfig(curriculum="cot", steps=(2,), n_train=2, n_val=0, n_test=1, **small), tmp_path, log=lambda m: None
+    )
+    lm = LatentLM.from_pretrained(tmp_path / "cot")
+    overlap = records["cot"]["training"]["unembedding_overlap"]
+    assert overlap == unembedding_overlap(lm, "abcdefgh0123456789>;^?#\n")
+    a, b = (lm.tokenizer.get_vocab()[t] for t in overlap["tokens"])
+    rows = lm.model.get_output_embeddings().weight.detach()
+    assert overlap["cosine"] == pytest.approx(float(torch.cosine_similarity(rows[a], rows[b], dim=0)), abs=1e-4)
+    with torch.no_grad():  # two rows made parallel are found
+        rows[lm.tokenizer.get_vocab()["g"]] = 3 * rows[lm.tokenizer.get_vocab()["c"]]
+    assert unembedding_overlap(lm, "abcdefgh") == {"tokens": ["c", "g"], "cosine": 1.0}
+    assert unembedding_overlap(lm, "aé") is None  # one in-vocabulary character: nothing to compare

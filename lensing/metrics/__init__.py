@@ -3,6 +3,7 @@
 from lensing.metrics.geometry import (
     NearestToken,
     StepCosines,
+    closest_pair,
     effective_rank,
     frechet_distance,
     latent_distance,
@@ -25,6 +26,7 @@ __all__ = [
     "NearestToken",
     "ProbeResult",
     "StepCosines",
+    "closest_pair",
     "effective_rank",
     "frechet_distance",
     "latent_distance",

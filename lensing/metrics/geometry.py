@@ -194,6 +194,28 @@ def mean_pairwise_cosine(x: Float[Tensor, "n d"]) -> Float[Tensor, ""]:
     return _pairwise_cosine(units.sum(0), nonzero.sum(), "x has")
 
 
+def closest_pair(x: Float[Tensor, "n d"]) -> tuple[float, tuple[int, int]]:
+    """The largest cosine between two different rows, and those rows' indices.
+
+    Rows that point the same way cannot be told apart by a dot product: for an unembedding,
+    the model cannot write one of those tokens without the other (a symmetry a training run can
+    get stuck in). Needs at least two rows, none of them zero.
+
+    >>> value, pair = closest_pair(torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 0.1]]))
+    >>> round(value, 3), pair
+    (0.999, (0, 2))
+    """
+    _check("x", x, need=2, what="closest_pair")
+    units, nonzero = _directions(x)
+    if not bool(nonzero.all()):
+        raise ValueError(f"closest_pair: row {int((~nonzero).nonzero()[0])} is zero and has no direction")
+    cosines = units @ units.T
+    cosines.fill_diagonal_(-2.0)
+    index = int(cosines.argmax())
+    i, j = divmod(index, x.shape[0])
+    return float(cosines[i, j]), (min(i, j), max(i, j))
+
+
 class StepCosines(NamedTuple):
     """Cosine statistics of latent chains, see `step_cosines`."""
 
