@@ -55,10 +55,6 @@ def _cmd_train(args: argparse.Namespace) -> None:
         cfg = replace(cfg, mix_previous=args.mix_previous)
     if args.lr_schedule is not None:
         cfg = replace(cfg, lr_schedule=args.lr_schedule)
-    if args.n_train is not None:
-        cfg = replace(cfg, n_train=args.n_train)
-    if args.tie_embeddings:
-        cfg = replace(cfg, tie_embeddings=True)
     for assignment in args.set or ():
         cfg = replace(cfg, **_config_override(cfg, assignment))
     stage_plan(cfg)  # a stage count that does not fit stops here, before any work
@@ -601,16 +597,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--lr-schedule", choices=("cosine", "constant"), default=None, help="after warmup: cosine decay or constant"
     )
     p.add_argument(
-        "--n-train", type=positive_int, default=None, help="training problems per difficulty (default: the preset's)"
-    )
-    p.add_argument(
         "--set",
         action="append",
         metavar="FIELD=VALUE",
-        help="any other TrainConfig field, e.g. --set n_heads=8 --set weight_decay=0.1 (repeatable)",
-    )
-    p.add_argument(
-        "--tie-embeddings", action="store_true", help="share the unembedding with the input embedding (a new model)"
+        help="any other scalar TrainConfig field, e.g. --set n_train=30000 --set tie_embeddings=false (repeatable)",
     )
     p.add_argument(
         "--init", default=None, help="start from this stage checkpoint (e.g. RUN/cot) and skip the stages it has done"

@@ -318,8 +318,9 @@ def test_train_command_line_options_reach_the_config(tmp_path, monkeypatch):
     seen = {}
     monkeypatch.setattr(lensing.train, "run_curriculum", lambda cfg, out, **kw: seen.update(cfg=cfg, init=kw["init"]) or {})
     main(
-        ["train", "--task", "hops", "--preset", "tiny", "--curriculum", "cot", "--steps", "7", "--lr", "3e-3", "--lr-schedule", "constant",
-         "--n-train", "123", "--tie-embeddings", "--set", "n_heads=8", "--set", "weight_decay=0.1", "--mix-previous", "0.1", "--advance-at", "80", "--check-every", "9", "--seed", "4",
+        ["train", "--task", "hops", "--preset", "tiny", "--curriculum", "cot", "--steps", "7", "--lr", "3e-3",
+         "--lr-schedule", "constant", "--set", "n_train=123", "--set", "tie_embeddings=true", "--set", "n_heads=8", "--set", "weight_decay=0.1",
+         "--mix-previous", "0.1", "--advance-at", "80", "--check-every", "9", "--seed", "4",
          "--out", str(tmp_path / "run")]
     )  # fmt: skip
     cfg = seen["cfg"]
