@@ -316,10 +316,13 @@ def test_train_command_line_options_reach_the_config(tmp_path, monkeypatch):
     from lensing.cli import main
 
     seen = {}
-    monkeypatch.setattr(lensing.train, "run_curriculum", lambda cfg, out, **kw: seen.update(cfg=cfg, init=kw["init"]) or {})
+    monkeypatch.setattr(
+        lensing.train, "run_curriculum", lambda cfg, out, **kw: seen.update(cfg=cfg, init=kw["init"]) or {}
+    )
     main(
         ["train", "--task", "hops", "--preset", "tiny", "--curriculum", "cot", "--steps", "7", "--lr", "3e-3",
-         "--lr-schedule", "constant", "--set", "n_train=123", "--set", "tie_embeddings=true", "--set", "n_heads=8", "--set", "weight_decay=0.1",
+         "--lr-schedule", "constant", "--set", "n_train=123", "--set", "tie_embeddings=true", "--set", "n_heads=8",
+         "--set", "weight_decay=0.1",
          "--mix-previous", "0.1", "--advance-at", "80", "--check-every", "9", "--seed", "4",
          "--out", str(tmp_path / "run")]
     )  # fmt: skip
@@ -340,7 +343,8 @@ def test_tied_embeddings_share_one_matrix_through_a_checkpoint(tmp_path):
     from lensing.train.curriculum import TrainConfig, build_model
 
     for tie in (False, True):
-        lm = build_model(TrainConfig(task="hops", n_layers=1, d_model=16, d_mlp=32, tie_embeddings=tie), tmp_path / "tok")
+        cfg = TrainConfig(task="hops", n_layers=1, d_model=16, d_mlp=32, tie_embeddings=tie)
+        lm = build_model(cfg, tmp_path / "tok")
         lm.save_pretrained(tmp_path / str(tie))
         loaded = LatentLM.from_pretrained(tmp_path / str(tie)).model
         shared = loaded.get_output_embeddings().weight is loaded.get_input_embeddings().weight

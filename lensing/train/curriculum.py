@@ -406,10 +406,11 @@ def run_curriculum(
         result = evaluate(lm, splits.val) if splits.val else None
         accuracy = f", val accuracy {result.accuracy:.1f}%" if result else ""
         overlap = unembedding_overlap(lm, get_task(cfg.task).characters)
-        closest = f", closest output rows {' and '.join(map(repr, overlap['tokens']))} at cosine {overlap['cosine']:.2f}"
+        pair = " and ".join(map(repr, overlap["tokens"])) if overlap else ""
+        closest = f", closest output rows {pair} at cosine {overlap['cosine']:.2f}" if overlap else ""
         log(
             f"stage {index + 1} ({stage.name}): {wall:.0f}s, "
-            f"final loss {sum(losses[-50:]) / len(losses[-50:]):.4f}{accuracy}{closest if overlap else ''}"
+            f"final loss {sum(losses[-50:]) / len(losses[-50:]):.4f}{accuracy}{closest}"
         )
         records[stage.name] = {
             "stage": index + 1,
