@@ -603,7 +603,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="any other scalar TrainConfig field, e.g. --set n_train=30000 --set tie_embeddings=false (repeatable)",
     )
     p.add_argument(
-        "--init", default=None, help="start from this stage checkpoint (e.g. RUN/cot) and skip the stages it has done"
+        "--init",
+        default=None,
+        help="start from this stage checkpoint (e.g. RUN/cot) and skip the stages it has done; "
+        "a checkpoint of the curriculum's last stage is trained further (a restart)",
     )
     p.add_argument(
         "--advance-at",
