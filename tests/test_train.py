@@ -369,3 +369,7 @@ def test_stage_records_name_the_closest_unembedding_rows(tmp_path):
         rows[lm.tokenizer.get_vocab()["g"]] = 3 * rows[lm.tokenizer.get_vocab()["c"]]
     assert unembedding_overlap(lm, "abcdefgh") == {"tokens": ["c", "g"], "cosine": 1.0}
     assert unembedding_overlap(lm, "aé") is None  # one in-vocabulary character: nothing to compare
+    with torch.no_grad():
+        rows[lm.tokenizer.get_vocab()["a"]] = 0.0
+    assert unembedding_overlap(lm, "ab") is None  # a zero row has no direction and is left out
+    assert unembedding_overlap(lm, "abcdefgh") == {"tokens": ["c", "g"], "cosine": 1.0}

@@ -172,16 +172,17 @@ def build_model(cfg: TrainConfig, tokenizer_dir: Path) -> LatentLM:
 
 def unembedding_overlap(lm: LatentLM, characters: str) -> dict | None:
     """The two task characters whose unembedding rows are closest, and their cosine (None when
-    fewer than two of them are single tokens of the model's vocabulary).
+    fewer than two of them are single tokens of the model's vocabulary with a nonzero row; a zero
+    row has no direction, and this record must never stop a finished stage from being saved).
 
     Near 1, the model cannot write one without the other: a hops CoT model with untied
     embeddings was stuck at chance that way, with four node letters at cosine 0.99.
     """
-    vocab = lm.tokenizer.get_vocab()
-    tokens = [c for c in dict.fromkeys(characters) if c in vocab]
+    vocab, weight = lm.tokenizer.get_vocab(), lm.model.get_output_embeddings().weight.detach()
+    tokens = [c for c in dict.fromkeys(characters) if c in vocab and bool(weight[vocab[c]].any())]
     if len(tokens) < 2:
         return None
-    rows = lm.model.get_output_embeddings().weight.detach()[[vocab[c] for c in tokens]].float()
+    rows = weight[[vocab[c] for c in tokens]].float()
     cosine, (i, j) = closest_pair(rows)
     return {"tokens": [tokens[i], tokens[j]], "cosine": round(cosine, 4)}
 
