@@ -55,7 +55,7 @@ from lensing import tasks  # noqa: E402
 from lensing.tasks import Problem, answer_text  # noqa: E402
 
 
-@pytest.mark.parametrize("name", ["arith", "hops", "graph"])
+@pytest.mark.parametrize("name", ["arith", "hops", "hops-direct", "graph"])
 def test_protocol_contract(name):
     task = tasks.get(name)
     assert isinstance(task, tasks.Task)
@@ -76,8 +76,9 @@ def test_protocol_contract(name):
         assert not task.check(p.completion.replace(tasks.ANSWER_MARKER, ""), p)  # no marker, no answer
 
 
-def test_hops_chain_follows_the_edges():
-    task = tasks.get("hops")
+@pytest.mark.parametrize(("name", "line"), [("hops", "{a}>{b}"), ("hops-direct", "{a}{b}")])
+def test_hops_chain_follows_the_edges(name, line):
+    task = tasks.get(name)
     for k in task.difficulties:
         p = task.sample(k, random.Random(k))
         *edges, query = p.question.split(";")
@@ -85,8 +86,8 @@ def test_hops_chain_follows_the_edges():
         assert len(successor) == 8 and sorted(successor.values()) == sorted(successor)  # one cycle's edges
         node = query[0]
         assert query == f"{node}^{k}?"
-        for line, value in zip(p.cot, p.intermediates, strict=True):
-            assert line == f"{node}>{successor[node]}"
+        for text, value in zip(p.cot, p.intermediates, strict=True):
+            assert text == line.format(a=node, b=successor[node])
             node = successor[node]
             assert value == node
         assert p.answer == node and p.completion.endswith(f"###{node}")
@@ -141,10 +142,12 @@ class Parity:
 
 
 def test_registry_rejects_bad_tasks_and_names():
-    with pytest.raises(ValueError, match="unknown task 'nope'; registered: arith, graph, hops"):
+    with pytest.raises(ValueError, match="unknown task 'nope'; registered: arith, graph, hops, hops-direct"):
         tasks.get("nope")
     with pytest.raises(TypeError, match="lacks characters, difficulties, sample, check"):
         tasks.register(type("Half", (), {"name": "half"})())
+    with pytest.raises(ValueError, match="must name both nodes"):
+        tasks.HopsTask(step_format="{a}-")
     with pytest.raises(ValueError, match="already registered"):
         tasks.register(tasks.HopsTask())
     with pytest.raises(ValueError, match="has difficulties \\[2, 3, 4, 5\\], not \\[9\\]"):

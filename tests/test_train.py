@@ -212,6 +212,20 @@ def test_codi_loss_is_teacher_plus_student_plus_distillation(hops_lm):
     close(codi_loss(hops_lm, plain, weight=1.0), 2 * batch_loss(hops_lm, plain), tol=1e-5)
 
 
+def test_prompt_loss_is_the_cross_entropy_of_every_token_after_bos(hops_lm):
+    from conftest import close
+
+    from lensing.train.curriculum import batch_loss
+
+    problems = [get_task("hops-direct").sample(k, random.Random(k)) for k in (2, 2, 2)]  # one length: no padding
+    plain = encode_problems(hops_lm, problems)
+    ids = torch.tensor([e.ids for e in plain])
+    logits = hops_lm.model(ids).logits
+    every = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+    close(batch_loss(hops_lm, plain, prompt_loss=True), every, tol=1e-5)
+    assert abs(batch_loss(hops_lm, plain) - every) > 1e-3  # without it, the prompt is not in the loss
+
+
 def test_a_stage_ends_at_the_first_check_that_reaches_advance_at(hops_lm):
     from lensing.train.curriculum import TrainConfig, train_stage
 

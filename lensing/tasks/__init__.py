@@ -3,7 +3,7 @@
 >>> import random
 >>> from lensing import tasks
 >>> tasks.names()
-['arith', 'graph', 'hops']
+['arith', 'graph', 'hops', 'hops-direct']
 >>> tasks.get("hops").sample(3, random.Random(0)).cot
 ('e>g', 'g>h', 'h>d')
 """
@@ -28,6 +28,7 @@ from lensing.tasks.tokenizer import build_char_tokenizer
 
 register(ArithTask())
 register(HopsTask())
+register(HopsTask(name="hops-direct", step_format="{a}{b}"))
 register(GraphTask())
 
 __all__ = [

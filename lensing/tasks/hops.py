@@ -13,6 +13,16 @@ The ``nodes`` letters form one random cycle, written as shuffled edges; the ques
 Nothing in the prompt shortcuts the chain: hop ``j`` needs the node reached after ``j - 1``, so
 a model without written steps must carry each node internally (chance is ``1 / nodes``).
 Difficulty is ``k``; ``intermediates`` are the nodes reached after each hop.
+
+``step_format`` spells a CoT line. With the default ``{a}>{b}`` the next node is predicted at
+the ``>``, so the lookup's query (the node ``a`` one token back) must first be moved there by
+another head: both sides of the lookup are compositions of heads. ``hops-direct`` writes lines as
+``{a}{b}``: the next node is predicted at ``a`` itself, the classic induction-head layout::
+
+    >>> print(HopsTask(step_format="{a}{b}").sample(2, random.Random(0)).completion)
+    eg
+    gh
+    ###h
 """
 
 from __future__ import annotations
@@ -26,12 +36,21 @@ from lensing.tasks.base import ExactAnswer, Problem
 class HopsTask(ExactAnswer):
     """Follow ``k`` edges of a random cycle over ``nodes`` letters (k in ``difficulties``)."""
 
-    def __init__(self, nodes: int = 8, difficulties: tuple[int, ...] = (2, 3, 4, 5), name: str = "hops") -> None:
+    def __init__(
+        self,
+        nodes: int = 8,
+        difficulties: tuple[int, ...] = (2, 3, 4, 5),
+        name: str = "hops",
+        step_format: str = "{a}>{b}",
+    ) -> None:
+        if "{a}" not in step_format or "{b}" not in step_format:
+            raise ValueError(f"hops step_format must name both nodes as {{a}} and {{b}}, got {step_format!r}")
         if not 2 <= nodes <= 26:
             raise ValueError(f"hops needs 2 to 26 nodes, got {nodes}")
         if not difficulties or min(difficulties) < 1:
             raise ValueError(f"hops difficulties are hop counts of at least 1, got {difficulties}")
         self.name, self.nodes, self.difficulties = name, nodes, tuple(difficulties)
+        self.step_format = step_format
         self.letters = string.ascii_lowercase[:nodes]
         self.characters = self.letters + "0123456789>;^?#\n"
 
@@ -47,7 +66,7 @@ class HopsTask(ExactAnswer):
         for _ in range(difficulty):
             path.append(successor[node])
             node = successor[node]
-        cot = tuple(f"{a}>{b}" for a, b in zip([start, *path[:-1]], path, strict=True))
+        cot = tuple(self.step_format.format(a=a, b=b) for a, b in zip([start, *path[:-1]], path, strict=True))
         question = ";".join(edges) + f";{start}^{difficulty}?"
         return Problem(question, cot, node, difficulty, str(difficulty), tuple(path), self.name)
 
@@ -68,3 +87,4 @@ class HopsTask(ExactAnswer):
 
     def space_size(self, difficulty: int) -> None:
         return None  # (nodes - 1)! cycles x nodes starts: never the limit
+

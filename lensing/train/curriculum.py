@@ -53,7 +53,9 @@ class TrainConfig:
     (decay to 10% of the peak at the stage's last step) or ``constant`` (the peak throughout).
     ``tie_embeddings`` shares the unembedding with the input embedding: untied, a hops CoT model
     was seen to collapse the unembedding rows of four node letters onto one direction (cosine
-    0.99), after which it could not write those letters apart and sat at chance.
+    0.99), after which it could not write those letters apart and sat at chance. ``prompt_loss``
+    also trains the model to predict the prompt's own tokens (cross-entropy stages only; the
+    CODI stage keeps its loss).
     """
 
     n_layers: int = 4
@@ -74,6 +76,7 @@ class TrainConfig:
     mix_previous: float = 0.0
     lr_schedule: str = "cosine"
     tie_embeddings: bool = False
+    prompt_loss: bool = False
 
     def __post_init__(self) -> None:
         self.steps, self.lr = tuple(self.steps), tuple(self.lr)
@@ -201,9 +204,9 @@ def lr_at(step: int, total: int, peak: float, warmup: int, schedule: str = "cosi
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def batch_loss(lm: LatentLM, batch: list[Example]) -> torch.Tensor:
-    """Next-token cross-entropy of the latent forward on the examples' labels."""
-    ids, mask, labels = collate(batch, lm._pad_id)
+def batch_loss(lm: LatentLM, batch: list[Example], prompt_loss: bool = False) -> torch.Tensor:
+    """Next-token cross-entropy of the latent forward on the examples' labels (and prompts)."""
+    ids, mask, labels = collate(batch, lm._pad_id, prompt_loss)
     return lm(ids.to(lm.device), mask.to(lm.device), labels.to(lm.device)).loss
 
 
@@ -247,7 +250,8 @@ def train_stage(
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, steps, lr, cfg.warmup, cfg.lr_schedule)
         bucket = rng.choice(buckets)
-        loss = (loss_fn or batch_loss)(lm, rng.sample(bucket, min(cfg.batch_size, len(bucket))))
+        batch = rng.sample(bucket, min(cfg.batch_size, len(bucket)))
+        loss = loss_fn(lm, batch) if loss_fn else batch_loss(lm, batch, cfg.prompt_loss)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)

@@ -49,10 +49,15 @@ def encode_problems(lm: LatentLM, problems: list[Problem]) -> list[Example]:
 
 
 def collate(
-    examples: list[Example], pad_id: int
+    examples: list[Example], pad_id: int, prompt_loss: bool = False
 ) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
-    """Right-padded ids, attention mask and labels (-100 on the prompt, on padding and where the
-    example's own ``labels`` say so)."""
+    """Right-padded ids, attention mask and labels (-100 on padding, where the example's own
+    ``labels`` say so and, unless ``prompt_loss``, on the prompt).
+
+    >>> e = Example((1, 7, 8), (9, 2), None)
+    >>> collate([e], 0)[2].tolist(), collate([e], 0, prompt_loss=True)[2].tolist()
+    ([[-100, -100, -100, 9, 2]], [[-100, 7, 8, 9, 2]])
+    """
     if not examples:
         raise ValueError("empty batch: no examples to collate")
     width = max(len(e.ids) for e in examples)
@@ -64,6 +69,8 @@ def collate(
         ids[i, :n] = torch.tensor(e.ids)
         mask[i, :n] = 1
         labels[i, p:n] = torch.tensor(e.completion_labels)
+        if prompt_loss:  # every prompt token but the first, which nothing predicts
+            labels[i, 1:p] = torch.tensor(e.prompt_ids[1:])
     return ids, mask, labels
 
 
