@@ -55,7 +55,7 @@ from lensing import tasks  # noqa: E402
 from lensing.tasks import Problem, answer_text  # noqa: E402
 
 
-@pytest.mark.parametrize("name", ["arith", "hops", "hops-direct", "graph"])
+@pytest.mark.parametrize("name", ["arith", "hops", "hops-direct", "hops-rev", "graph"])
 def test_protocol_contract(name):
     task = tasks.get(name)
     assert isinstance(task, tasks.Task)
@@ -76,13 +76,18 @@ def test_protocol_contract(name):
         assert not task.check(p.completion.replace(tasks.ANSWER_MARKER, ""), p)  # no marker, no answer
 
 
-@pytest.mark.parametrize(("name", "line"), [("hops", "{a}>{b}"), ("hops-direct", "{a}{b}")])
-def test_hops_chain_follows_the_edges(name, line):
+@pytest.mark.parametrize(
+    ("name", "edge", "line"),
+    [("hops", "{a}>{b}", "{a}>{b}"), ("hops-direct", "{a}>{b}", "{a}{b}"), ("hops-rev", "{b}<{a}", "{a}{b}")],
+)
+def test_hops_chain_follows_the_edges(name, edge, line):
     task = tasks.get(name)
     for k in task.difficulties:
         p = task.sample(k, random.Random(k))
         *edges, query = p.question.split(";")
-        successor = dict(e.split(">") for e in edges)
+        successor = dict((e[2], e[0]) if edge == "{b}<{a}" else (e[0], e[2]) for e in edges)
+        assert task.successor(p) == successor
+        assert set(edges) == {edge.format(a=a, b=b) for a, b in successor.items()}
         assert len(successor) == 8 and sorted(successor.values()) == sorted(successor)  # one cycle's edges
         node = query[0]
         assert query == f"{node}^{k}?"
@@ -142,12 +147,14 @@ class Parity:
 
 
 def test_registry_rejects_bad_tasks_and_names():
-    with pytest.raises(ValueError, match="unknown task 'nope'; registered: arith, graph, hops, hops-direct"):
+    with pytest.raises(ValueError, match="unknown task 'nope'; registered: arith, graph, hops, hops-direct, hops-rev"):
         tasks.get("nope")
     with pytest.raises(TypeError, match="lacks characters, difficulties, sample, check"):
         tasks.register(type("Half", (), {"name": "half"})())
     with pytest.raises(ValueError, match="must name both nodes"):
         tasks.HopsTask(step_format="{a}-")
+    with pytest.raises(ValueError, match="edge_format may not hold"):
+        tasks.HopsTask(edge_format="{a};{b}")
     with pytest.raises(ValueError, match="already registered"):
         tasks.register(tasks.HopsTask())
     with pytest.raises(ValueError, match="has difficulties \\[2, 3, 4, 5\\], not \\[9\\]"):

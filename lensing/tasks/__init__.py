@@ -3,7 +3,7 @@
 >>> import random
 >>> from lensing import tasks
 >>> tasks.names()
-['arith', 'graph', 'hops', 'hops-direct']
+['arith', 'graph', 'hops', 'hops-direct', 'hops-rev']
 >>> tasks.get("hops").sample(3, random.Random(0)).cot
 ('e>g', 'g>h', 'h>d')
 """
@@ -29,6 +29,7 @@ from lensing.tasks.tokenizer import build_char_tokenizer
 register(ArithTask())
 register(HopsTask())
 register(HopsTask(name="hops-direct", step_format="{a}{b}"))
+register(HopsTask(name="hops-rev", step_format="{a}{b}", edge_format="{b}<{a}"))
 register(GraphTask())
 
 __all__ = [

@@ -23,6 +23,11 @@ another head: both sides of the lookup are compositions of heads. ``hops-direct`
     eg
     gh
     ###h
+
+``edge_format`` spells an edge of the prompt. ``hops-rev`` writes them target first, ``b<a`` for
+a -> b, so the prompt's copy of a node as a source sits right after its successor: the lookup
+can then match the node by its own token and read the successor two tokens back, with no head
+composed into the match itself.
 """
 
 from __future__ import annotations
@@ -42,24 +47,30 @@ class HopsTask(ExactAnswer):
         difficulties: tuple[int, ...] = (2, 3, 4, 5),
         name: str = "hops",
         step_format: str = "{a}>{b}",
+        edge_format: str = "{a}>{b}",
     ) -> None:
-        if "{a}" not in step_format or "{b}" not in step_format:
-            raise ValueError(f"hops step_format must name both nodes as {{a}} and {{b}}, got {step_format!r}")
+        for what, fmt in (("step_format", step_format), ("edge_format", edge_format)):
+            if "{a}" not in fmt or "{b}" not in fmt:
+                raise ValueError(f"hops {what} must name both nodes as {{a}} and {{b}}, got {fmt!r}")
+        if {"{", "}", ";"} & set(edge_format.format(a="", b="")):
+            raise ValueError(f"hops edge_format may not hold ';' or braces besides {{a}} and {{b}}, got {edge_format!r}")
         if not 2 <= nodes <= 26:
             raise ValueError(f"hops needs 2 to 26 nodes, got {nodes}")
         if not difficulties or min(difficulties) < 1:
             raise ValueError(f"hops difficulties are hop counts of at least 1, got {difficulties}")
         self.name, self.nodes, self.difficulties = name, nodes, tuple(difficulties)
-        self.step_format = step_format
+        self.step_format, self.edge_format = step_format, edge_format
         self.letters = string.ascii_lowercase[:nodes]
         self.characters = self.letters + "0123456789>;^?#\n"
+        extra = sorted(set((step_format + edge_format).format(a="", b="")) - set(self.characters))
+        self.characters += "".join(extra)
 
     def sample(self, difficulty: int, rng: random.Random) -> Problem:
         if difficulty not in self.difficulties:
             raise ValueError(f"{self.name} has difficulties {list(self.difficulties)}, not {difficulty}")
         order = rng.sample(self.letters, self.nodes)
         successor = {order[i]: order[(i + 1) % self.nodes] for i in range(self.nodes)}
-        edges = [f"{a}>{b}" for a, b in successor.items()]
+        edges = [self.edge_format.format(a=a, b=b) for a, b in successor.items()]
         rng.shuffle(edges)
         start = rng.choice(self.letters)
         path, node = [], start
@@ -77,13 +88,24 @@ class HopsTask(ExactAnswer):
         >>> problem.intermediates, task.continue_from(problem, 0, "g"), task.continue_from(problem, 1, "a")
         (('g', 'h', 'd'), 'd', 'c')
         """
-        successor = dict(edge.split(">") for edge in problem.question.split(";")[:-1])
+        successor = self.successor(problem)
         if value not in successor:
             raise ValueError(f"{value!r} is not a node of this {self.name} problem")
         node = value
         for _ in range(problem.steps - step - 1):
             node = successor[node]
         return node
+
+    def successor(self, problem: Problem) -> dict[str, str]:
+        """Each node's successor, read back from the problem's written edges.
+
+        >>> task = HopsTask(edge_format="{b}<{a}")
+        >>> problem = task.sample(2, random.Random(0))
+        >>> problem.question[:12], task.successor(problem)["b"]
+        ('e<b;h<g;b<f;', 'e')
+        """
+        a_at, b_at = (self.edge_format.format(a=a, b=b).index("\0") for a, b in (("\0", "\1"), ("\1", "\0")))
+        return {edge[a_at]: edge[b_at] for edge in problem.question.split(";")[:-1]}
 
     def space_size(self, difficulty: int) -> None:
         return None  # (nodes - 1)! cycles x nodes starts: never the limit
