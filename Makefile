@@ -68,7 +68,7 @@ benchmarks: setup
 ZOO_SEEDS ?= 0 1 2
 ZOO_LATENT_STEPS ?= 3400
 LENSING := $(VENV)/bin/lensing
-HOPS := $(LENSING) train --task hops --preset hops
+HOPS := $(LENSING) train --task hops-direct
 zoo: setup
 	for seed in $(ZOO_SEEDS); do \
 		dir=zoo/hops; cot=$$dir/stepsup-seed$$seed/cot; \

@@ -22,7 +22,8 @@ from torch import Tensor
 from lensing.interventions.answers import Scored, answer_ids, first_difference, score_answers
 from lensing.interventions.stats import DEFAULT_RESAMPLES, bootstrap_ci
 from lensing.model import LatentLM, Trace
-from lensing.tasks import Problem, extract_answer
+from lensing.tasks import Problem, answer_text
+from lensing.tasks import get as get_task
 from lensing.viz.style import OKABE_ITO, apply_style
 
 LATENT_KINDS = ("zero", "mean", "shuffle", "swap", "noise", "thinking", "nearest", "h-only", "pred-only")
@@ -415,8 +416,8 @@ def effects_table(
     already has it (it depends on the clean run only).
     """
     gold_ids = [answer_ids(lm, p.answer) for p in problems]
-    clean_answers = [extract_answer(t.text()) for t in clean]
-    answers = [extract_answer(t.text()) for t in traces]
+    clean_answers = [answer_text(t.text()) for t in clean]  # as written: every task's answers are text
+    answers = [answer_text(t.text()) for t in traces]
     if scored_clean is None:
         scored_clean = score_answers(lm, list(clean), gold_ids)
     scored = score_answers(lm, list(traces), gold_ids)
@@ -443,8 +444,8 @@ def effects_table(
                 "gold": p.answer,
                 "clean_answer": clean_answers[i],
                 "answer": answers[i],
-                "clean_correct": clean_answers[i] == p.answer,
-                "correct": answers[i] == p.answer,
+                "clean_correct": get_task(p.task).check(clean[i].text(), p),
+                "correct": get_task(p.task).check(traces[i].text(), p),
                 "answer_changed": answers[i] != clean_answers[i],
                 "logprob_gold_clean": scored_clean[i].logprob,
                 "logprob_gold": scored[i].logprob,

@@ -30,7 +30,7 @@ from lensing.interventions.answers import answer_ids, answer_prefix, first_diffe
 from lensing.interventions.stats import DEFAULT_RESAMPLES, bootstrap_ratio_ci
 from lensing.model import LatentLM, Trace
 from lensing.probes.core import Probe
-from lensing.tasks import Problem, extract_answer
+from lensing.tasks import Problem, answer_text
 from lensing.viz.style import DIVERGING, apply_style
 
 COMPONENTS = {"resid": "blocks.{layer}.hook_resid_pre", "attn": "blocks.{layer}.hook_attn_out", "mlp": "blocks.{layer}.hook_mlp_out"}
@@ -131,7 +131,7 @@ def patched_logits(
     return probe.bridge.run_with_hooks(embeds, fwd_hooks=hooks, attention_mask=mask, position_ids=positions)
 
 
-def pair_problems(problems: Sequence[Problem], answers: Sequence[int | None]) -> list[tuple[int, int]]:
+def pair_problems(problems: Sequence[Problem], answers: Sequence[str | int | None]) -> list[tuple[int, int]]:
     """Each problem paired with the next problem of the same structure whose model answer differs.
 
     Problems are taken in order; problem ``i`` (clean) gets the first unused later problem ``j``
@@ -277,7 +277,7 @@ def activation_patching(
             raise ValueError(f"unknown component {c!r}; available: {', '.join(COMPONENTS)}")
     if traces is None:
         traces = lm.generate([p.prompt for p in problems], max_new_tokens=max_new_tokens)
-    answers = [extract_answer(t.text()) for t in traces]
+    answers = [answer_text(t.text()) or None for t in traces]  # the written answer, for any task
     if sum(t.n_latents for t in traces) == 0 and addresses is None:
         raise ValueError(
             f"{model} emitted no <thinking> latents on these {len(problems)} problems: there are no latent steps to "

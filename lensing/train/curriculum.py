@@ -129,13 +129,17 @@ PRESETS = {
     # pointer chasing: 6,000 problems per hop count; Coconut's h is the last hidden state (after the
     # final norm); latent stages move on at 90% validation accuracy and mix in 20% of earlier stages'
     # data; tied embeddings, because untied the unembedding rows of several node letters collapsed
-    # (cosine 0.96-0.99 in 2 of 2 runs) and the model could not copy them. Written CoT still needs a
-    # phase transition (the edge lookup) that 3,000 steps at lr 2e-3 did not reach in 3 of 3 runs.
+    # (cosine 0.96-0.99 in 2 of 2 runs) and the model could not copy them; a constant lr of 1e-3,
+    # because at 2e-3 the node letters' embeddings collapsed (cosine 0.93 at step 1,300) and copying
+    # a node stalled. Written CoT must pass a phase transition (the edge lookup): on `hops-direct`
+    # with this recipe it came between steps 1,800 and 2,600; on `hops` 3,000-5,000 steps at lr 2e-3
+    # never reached it.
     "hops": TrainConfig(
         task="hops",
         curriculum="stepsup",
         steps=(3000, 600, 600, 600, 600, 1000),
-        lr=(2e-3, 1e-3),
+        lr=(1e-3,),
+        lr_schedule="constant",
         advance_at=90.0,
         check_every=100,
         mix_previous=0.2,
@@ -150,6 +154,8 @@ PRESETS = {
         steps=(600, 300, 300), lr=(5e-5, 5e-5, 5e-5), batch_size=16, warmup=30, n_train=2000, n_val=20, n_test=50
     ),
 }
+PRESETS["hops-direct"] = replace(PRESETS["hops"], task="hops-direct")
+PRESETS["hops-rev"] = replace(PRESETS["hops"], task="hops-rev")
 
 
 def build_model(cfg: TrainConfig, tokenizer_dir: Path) -> LatentLM:
