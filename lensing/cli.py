@@ -585,7 +585,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latent-kind", default=None, help="coconut/stepsup latents: hidden, fusion or prediction")
     p.add_argument("--latents-per-step", type=positive_int, default=None, help="Coconut's c: latents per CoT line")
     p.add_argument("--max-steps", type=positive_int, default=None, help="total optimizer steps, split over the stages")
-    p.add_argument("--preset", default=None, help="tiny (arith default), hops (also hops-direct, hops-rev), smoke, or base (default with --base)")
+    p.add_argument(
+        "--preset", default=None, help="tiny (arith default), hops (hops-direct, hops-rev), smoke or base (with --base)"
+    )
     p.add_argument("--base", default=None, help="pretrained model to tune instead of a fresh tiny Llama")
     p.add_argument("--out", required=True, help="run folder (must be empty unless --resume or --overwrite)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")

@@ -23,7 +23,15 @@ def results(test_problems):
 
 
 def test_names_resolve_to_stages():
-    assert lensing.available() == ["arith-tiny", "arith-tiny:cot", "arith-tiny:hidden", "arith-tiny:lt"]
+    assert lensing.available() == [
+        "arith-tiny",
+        "arith-tiny:cot",
+        "arith-tiny:hidden",
+        "arith-tiny:lt",
+        "hops-tiny",
+        "hops-tiny:cot",
+        "hops-tiny:stepsup",
+    ]
     for name, stage, mode in (
         ("arith-tiny:cot", 1, "fusion"),
         ("arith-tiny:hidden", 2, "hidden"),

@@ -175,7 +175,13 @@ def test_collapse_records_of_a_model_validate(lm):
 def test_collapse_json_records_of_bundled_models(capsys):
     from lensing.cli import main
 
-    assert bundled_variants() == ["arith-tiny:cot", "arith-tiny:hidden", "arith-tiny:lt"]
+    assert bundled_variants() == [
+        "arith-tiny:cot",
+        "arith-tiny:hidden",
+        "arith-tiny:lt",
+        "hops-tiny:cot",
+        "hops-tiny:stepsup",
+    ]
     args = ["collapse", "--model", "arith-tiny:lt", "--model", "arith-tiny:cot", "--n", "12", "--chain", "2"]
     main([*args, "--folds", "2", "--json"])
     records = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))

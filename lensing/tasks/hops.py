@@ -53,7 +53,7 @@ class HopsTask(ExactAnswer):
             if "{a}" not in fmt or "{b}" not in fmt:
                 raise ValueError(f"hops {what} must name both nodes as {{a}} and {{b}}, got {fmt!r}")
         if {"{", "}", ";"} & set(edge_format.format(a="", b="")):
-            raise ValueError(f"hops edge_format may not hold ';' or braces besides {{a}} and {{b}}, got {edge_format!r}")
+            raise ValueError(f"hops edge_format may hold no ';' or braces but {{a}} and {{b}}, got {edge_format!r}")
         if not 2 <= nodes <= 26:
             raise ValueError(f"hops needs 2 to 26 nodes, got {nodes}")
         if not difficulties or min(difficulties) < 1:

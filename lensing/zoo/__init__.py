@@ -15,6 +15,9 @@ BUNDLED = {
     "arith-tiny:lt": "arith-tiny/lt",
     "arith-tiny:hidden": "arith-tiny/hidden",
     "arith-tiny:cot": "arith-tiny/cot",
+    "hops-tiny": "hops-tiny/stepsup",
+    "hops-tiny:stepsup": "hops-tiny/stepsup",
+    "hops-tiny:cot": "hops-tiny/cot",
 }
 
 
@@ -35,7 +38,7 @@ def load(
 ) -> LatentLM:
     """A model by name or path.
 
-    Names: the bundled ``arith-tiny`` variants and ``smollm2-135m`` (needs ``lensing[real]``).
+    Names: the bundled ``arith-tiny`` and ``hops-tiny`` variants and ``smollm2-135m`` (needs ``lensing[real]``).
     Paths: a lensing checkpoint (with ``lensing.json``) or any Hugging Face Llama-family directory.
 
     ``dtype`` (``torch.bfloat16`` or ``"bf16"``, ``"fp16"``, ``"fp32"``) is the weights' type.
