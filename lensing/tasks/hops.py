@@ -104,7 +104,8 @@ class HopsTask(ExactAnswer):
         >>> problem.question[:12], task.successor(problem)["b"]
         ('e<b;h<g;b<f;', 'e')
         """
-        a_at, b_at = (self.edge_format.format(a=a, b=b).index("\0") for a, b in (("\0", "\1"), ("\1", "\0")))
+        spelled = self.edge_format.format(a="\0", b="\1")  # where each node sits in an edge
+        a_at, b_at = spelled.index("\0"), spelled.index("\1")
         return {edge[a_at]: edge[b_at] for edge in problem.question.split(";")[:-1]}
 
     def space_size(self, difficulty: int) -> None:
