@@ -29,6 +29,7 @@ def test_names_resolve_to_stages():
         "arith-tiny:hidden",
         "arith-tiny:lt",
         "hops-tiny",
+        "hops-tiny:coconut",
         "hops-tiny:cot",
         "hops-tiny:stepsup",
     ]

@@ -15,6 +15,7 @@ from lensing.train import evaluate
 # measured on these problems (README, "Latents that compute"); accuracies in %, rates in [0, 1]
 COT_ALL, STEPSUP_ALL, STEPSUP_MIN_K = 93.75, 97.5, 85
 ZERO_ACC, SHUFFLE_ACC, SWAP_MIN = 0.10, 0.1625, 0.947
+COCONUT_ALL, COCONUT_ZERO_ACC, COCONUT_SWAP_FOLLOWS, STEPSUP_TOTAL_STEPS = 100.0, 0.1375, 0.157, 4900
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +34,7 @@ def results(problems, stepsup):
 
 
 def test_names_and_what_the_checkpoints_record(stepsup):
+    assert stepsup.meta["record"]["training"]["total_steps"] == STEPSUP_TOTAL_STEPS
     assert lensing.load("hops-tiny").meta["variant"] == "stepsup"
     assert stepsup.meta["task"] == "hops-direct" and stepsup.meta["inference"]["latents_per_step"] == 1
     assert lensing.load("hops-tiny:cot").meta["curriculum"] == "cot"
@@ -59,3 +61,16 @@ def test_zeroed_or_shuffled_latents_drop_to_chance(problems, stepsup, results):
 def test_swapping_latent_j_continues_from_the_donors_node_j(problems, stepsup):
     swaps = step_swaps(stepsup, problems, seed=0, resamples=200).to_dataframe().set_index("step")
     assert swaps["follows"].min() == pytest.approx(SWAP_MIN, abs=0.1)
+
+
+def test_plain_coconut_computes_through_latents_that_do_not_transfer(problems):
+    """The equal-budget control: no step supervision. Right, and broken by zeroed latents, but a
+    latent moved into another problem means nothing there (the answer follows neither run)."""
+    coconut = lensing.load("hops-tiny:coconut")
+    assert coconut.meta["record"]["training"]["total_steps"] == 4900 == STEPSUP_TOTAL_STEPS
+    accuracy = evaluate(coconut, problems).accuracy
+    zeroed = intervention_sweep(coconut, problems, ["zero"], resamples=200).to_dataframe().iloc[0]
+    swaps = step_swaps(coconut, problems, seed=0, resamples=200).to_dataframe().set_index("step")
+    assert accuracy == pytest.approx(COCONUT_ALL, abs=5)
+    assert zeroed["accuracy"] == pytest.approx(COCONUT_ZERO_ACC, abs=0.1)
+    assert swaps.loc["all", "follows"] == pytest.approx(COCONUT_SWAP_FOLLOWS, abs=0.1)

@@ -179,6 +179,7 @@ def test_collapse_json_records_of_bundled_models(capsys):
         "arith-tiny:cot",
         "arith-tiny:hidden",
         "arith-tiny:lt",
+        "hops-tiny:coconut",
         "hops-tiny:cot",
         "hops-tiny:stepsup",
     ]

@@ -18,6 +18,7 @@ BUNDLED = {
     "hops-tiny": "hops-tiny/stepsup",
     "hops-tiny:stepsup": "hops-tiny/stepsup",
     "hops-tiny:cot": "hops-tiny/cot",
+    "hops-tiny:coconut": "hops-tiny/coconut",
 }
 
 
