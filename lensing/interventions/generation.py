@@ -423,7 +423,7 @@ def effects_table(
     scored = score_answers(lm, list(traces), gold_ids)
     rows = []
     for i, p in enumerate(problems):
-        gold = gold_ids[i]
+        gold, check = gold_ids[i], get_task(p.task).check
         where = first_difference(gold, answer_ids(lm, clean_answers[i]))
         if where is None:  # the clean run was right: the foil is its strongest other token at the first answer token
             where = 0
@@ -444,8 +444,8 @@ def effects_table(
                 "gold": p.answer,
                 "clean_answer": clean_answers[i],
                 "answer": answers[i],
-                "clean_correct": get_task(p.task).check(clean[i].text(), p),
-                "correct": get_task(p.task).check(traces[i].text(), p),
+                "clean_correct": check(clean[i].text(), p),
+                "correct": check(traces[i].text(), p),
                 "answer_changed": answers[i] != clean_answers[i],
                 "logprob_gold_clean": scored_clean[i].logprob,
                 "logprob_gold": scored[i].logprob,

@@ -110,4 +110,3 @@ class HopsTask(ExactAnswer):
 
     def space_size(self, difficulty: int) -> None:
         return None  # (nodes - 1)! cycles x nodes starts: never the limit
-

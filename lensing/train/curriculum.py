@@ -132,8 +132,8 @@ PRESETS = {
     # (cosine 0.96-0.99 in 2 of 2 runs) and the model could not copy them; a constant lr of 1e-3,
     # because at 2e-3 the node letters' embeddings collapsed (cosine 0.93 at step 1,300) and copying
     # a node stalled. Written CoT must pass a phase transition (the edge lookup): on `hops-direct`
-    # with this recipe it came between steps 1,800 and 2,600; on `hops` 3,000-5,000 steps at lr 2e-3
-    # never reached it.
+    # with this recipe it came between steps 1,800 and 2,600 (seed 0) and 1,100 and 1,400 (seed 1);
+    # on `hops` 3,000-5,000 steps at lr 2e-3 never reached it.
     "hops": TrainConfig(
         task="hops",
         curriculum="stepsup",
