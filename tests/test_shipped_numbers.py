@@ -21,7 +21,7 @@ SHIPPED = json.loads((ROOT / "figures" / "results.json").read_text())
 
 @pytest.fixture(scope="module")
 def small_run():
-    return build_figures(n_eval=8, n_analysis=48, n_trails=40, log=lambda message: None)
+    return build_figures(n_eval=8, n_analysis=48, n_trails=40, n_headline=40, log=lambda message: None)
 
 
 def test_readme_blocks_are_generated_from_the_shipped_numbers():
@@ -50,7 +50,7 @@ def test_splice_replaces_only_generated_blocks():
 
 
 def test_figure_builder_finishes(small_run, tmp_path):
-    assert len(small_run.figures) == 11
+    assert len(small_run.figures) == 12
     names = {f.name for f in small_run.figures}
     out = write_figures(small_run.figures, tmp_path / "figures", ("html",), small_run.facts)
     for name in names:
@@ -113,6 +113,50 @@ def test_trails_are_found_and_structured(small_run):
         assert all(v["depth_ratio"] < 1 for v in blocks), trails
         assert all(v["chain_ratio"] < 1 for v in blocks), trails
     assert small_run.facts["trails"]["n_chains"] >= 0.9 * small_run.facts["settings"]["n_trails"]
+
+
+def _headline(facts: dict) -> dict:
+    return {(row["task"], row["variant"]): row for row in facts["headline"]}
+
+
+def test_headline_covers_every_bundled_variant(small_run):
+    from lensing.studies.records import bundled_variants
+
+    names = {row["model"] for row in SHIPPED["headline"]}
+    assert names == set(bundled_variants()) == {row["model"] for row in small_run.facts["headline"]}
+
+
+def test_headline_accuracy_and_latents_match_the_shipped_table(small_run):
+    got, shipped = _headline(small_run.facts), _headline(SHIPPED)
+    for key, row in shipped.items():
+        assert row["accuracy_low"] <= row["accuracy"] <= row["accuracy_high"], key
+        assert abs(got[key]["accuracy"] - row["accuracy"]) <= _band(row["accuracy"], got[key]["n"]), key
+        assert got[key]["latents"] == pytest.approx(row["latents"], rel=0.3, abs=0.3), key
+        assert (row["latents"] > 0) == (row["variant"] != "cot"), key
+
+
+def test_headline_latents_are_needed_and_carry_their_step(small_run):
+    """Shuffling the latents costs every latent variant most of its accuracy, and a probe reads each
+    latent's step value far above the shuffled-label probe; hops latents name their node almost always."""
+    for facts in (small_run.facts, SHIPPED):
+        for (task, variant), row in _headline(facts).items():
+            if variant == "cot":
+                assert row["shuffled"] is None and row["effective_rank"] is None
+                continue
+            assert row["drop_low"] > 40, (task, variant, row["drop_low"])
+            assert row["decoded_low"] > row["decoded_shuffled_high"], (task, variant)
+            if task == "hops-direct":
+                assert row["decoded"] >= 0.9, (variant, row["decoded"])
+
+
+def test_headline_rank_order_matches_the_shipped_table(small_run):
+    """Per task, the same variant's natural latents have the lower effective rank in the small rerun."""
+    got, shipped = _headline(small_run.facts), _headline(SHIPPED)
+    for task in {t for t, _ in shipped}:
+        latent = [k for k in shipped if k[0] == task and k[1] != "cot"]
+        lowest = min(latent, key=lambda k: shipped[k]["effective_rank"])
+        assert lowest == min(latent, key=lambda k: got[k]["effective_rank"]), task
+        assert all(shipped[k]["effective_rank_low"] <= shipped[k]["effective_rank"] for k in latent)
 
 
 def test_figure_names_are_the_ones_the_cli_checks(small_run):

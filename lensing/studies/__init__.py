@@ -12,6 +12,7 @@ from lensing.studies.collapse import (
     natural_vs_forced,
 )
 from lensing.studies.decoding import DecodingReport, decodability
+from lensing.studies.headline import HeadlineReport, headline
 from lensing.studies.latent_trails import LatentTrailsReport, latent_trails_study, rut_test
 from lensing.studies.records import collapse_records
 from lensing.studies.trails import TrailsReport, attribution_trail, trails_study
@@ -20,6 +21,7 @@ __all__ = [
     "CollapseAccumulator",
     "CollapseReport",
     "DecodingReport",
+    "HeadlineReport",
     "LatentSet",
     "LatentTrailsReport",
     "TrailsReport",
@@ -30,6 +32,7 @@ __all__ = [
     "collect",
     "decodability",
     "fusion_parts",
+    "headline",
     "latent_states",
     "latent_trails_study",
     "natural_vs_forced",

@@ -300,35 +300,45 @@ def latent_states(
 ) -> LatentSet:
     """Runs ``lm`` on ``problems`` and keeps every problem's latent vectors at every layer (see :class:`LatentSet`).
 
-    ``natural`` generates without forcing and keeps exactly ``trace.latent_positions``;
-    ``forced`` forces ``force_latents`` latents after the prompt (Coconut's "forcing k thoughts")
-    and keeps those; ``text`` keeps the CoT line ends of a normal generation.
+    ``natural`` runs each model the way it reasons: a model that decides itself when to think
+    (LT, CoT) generates without forcing and every ``trace.latent_positions`` is kept, each standing
+    for the CoT line it sits in; a model trained with latents in place of CoT steps (Coconut,
+    step supervision, pause) gets the latents its checkpoint prescribes for each problem
+    (:func:`lensing.train.evaluate.forced_latents`), latent k standing for step k. ``forced``
+    forces ``force_latents`` latents after the prompt (Coconut's "forcing k thoughts") and keeps
+    those; ``text`` keeps the CoT line ends of a normal generation.
     """
     from lensing.probes import attach
+    from lensing.train.evaluate import forced_latents
 
     if latents not in (*LATENT_KINDS, "text"):
         raise ValueError(f"latents must be 'natural', 'forced' or 'text', got {latents!r}")
     if not problems:
         raise ValueError("empty problem list: nothing to measure")
     probe = attach(lm)
-    forced = force_latents if latents == "forced" else 0
-    states, hs, preds, lines = [], [], [], []
-    for start in range(0, len(problems), batch_size):
-        chunk = problems[start : start + batch_size]
-        traces = lm.generate([p.prompt for p in chunk], max_new_tokens=max_new_tokens, force_latents=forced)
-        _, cache, _ = probe.run_with_cache(traces, probe.resid_names())
-        stack = probe.resid_stack(cache).cpu()  # [layer, batch, pos, d]
-        for i, trace in enumerate(traces):
-            if latents == "text":
-                anchors = text_anchors(trace)
-                h = e = torch.zeros(0, stack.shape[-1])
-            else:
-                anchors = trace.latent_positions[:forced] if forced else trace.latent_positions
-                h, e = trace.latent_h[: len(anchors)], trace.latent_pred[: len(anchors)]
-            states.append(stack[:, i, anchors].permute(1, 0, 2).double().clone())
-            hs.append(h.double().clone())
-            preds.append(e.double().clone())
-            lines.append(cot_lines(trace, anchors))
+    rule = forced_latents(lm) if latents == "natural" else None
+    counts = [rule(p) if rule else (force_latents if latents == "forced" else 0) for p in problems]
+    out: list[tuple | None] = [None] * len(problems)  # (state, h, e_pred, lines) per problem, in input order
+    for count in sorted(set(counts)):
+        group = [i for i, c in enumerate(counts) if c == count]
+        for start in range(0, len(group), batch_size):
+            chunk = group[start : start + batch_size]
+            traces = lm.generate(
+                [problems[i].prompt for i in chunk], max_new_tokens=max_new_tokens, force_latents=count
+            )
+            _, cache, _ = probe.run_with_cache(traces, probe.resid_names())
+            stack = probe.resid_stack(cache).cpu()  # [layer, batch, pos, d]
+            for row, (i, trace) in enumerate(zip(chunk, traces, strict=True)):
+                if latents == "text":
+                    anchors = text_anchors(trace)
+                    h = e = torch.zeros(0, stack.shape[-1])
+                else:
+                    anchors = trace.latent_positions[:count] if count else trace.latent_positions
+                    h, e = trace.latent_h[: len(anchors)], trace.latent_pred[: len(anchors)]
+                lines = list(range(1, len(anchors) + 1)) if rule else cot_lines(trace, anchors)
+                state = stack[:, row, anchors].permute(1, 0, 2).double().clone()
+                out[i] = (state, h.double().clone(), e.double().clone(), lines)
+    states, hs, preds, lines = (list(column) for column in zip(*out, strict=True))
     return LatentSet(
         name, latents, probe.layer_labels, states, hs, preds, lm.config.mode, float(lm.config.alpha), lines
     )

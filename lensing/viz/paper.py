@@ -45,6 +45,7 @@ FIGURE_NAMES = (
     "residual_decomposition",
     "trails_step_cosine",
     "trails_structure_ratio",
+    "headline_latent_shuffle",
 )
 VARIANTS = ("cot", "hidden", "lt")
 
@@ -422,6 +423,11 @@ def trails_ratio_figure(report) -> Figure:
     return Figure("trails_structure_ratio", report.plot(), t, caption)
 
 
+def headline_figure(report) -> Figure:
+    """Accuracy of every bundled variant clean and with its latents shuffled between problems."""
+    return Figure("headline_latent_shuffle", report.plot(), report.to_dataframe(), " ".join(report.sentences()))
+
+
 # ------------------------------------------------------------------ pipeline
 @dataclass
 class FigureRun:
@@ -446,8 +452,17 @@ FIGURE_STEP = {
     "residual_decomposition": "probes",
     "trails_step_cosine": "trails",
     "trails_structure_ratio": "trails",
+    "headline_latent_shuffle": "headline",
 }
-STEP_NEEDS = {"eval": ("models",), "fig4": ("eval",), "probes": ("eval",), "collapse": (), "trails": (), "models": ()}
+STEP_NEEDS = {
+    "eval": ("models",),
+    "fig4": ("eval",),
+    "probes": ("eval",),
+    "collapse": (),
+    "trails": (),
+    "models": (),
+    "headline": (),
+}
 
 
 def _one_line(err: BaseException) -> str:
@@ -459,11 +474,13 @@ def build_figures(
     n_eval: int = 50,
     n_analysis: int = 120,
     n_trails: int = 160,
+    n_headline: int = 120,
     log=print,
     only: list[str] | tuple[str, ...] | None = None,
 ) -> FigureRun:
     """Runs every analysis on the bundled variants: ``n_eval`` test problems per difficulty for the
-    accuracy, ``n_analysis`` for the probes and the collapse study, ``n_trails`` three-step problems.
+    accuracy, ``n_analysis`` for the probes and the collapse study, ``n_trails`` three-step problems,
+    ``n_headline`` test problems of its own task for each bundled model in the headline table.
 
     Every figure that can be built is: an analysis that fails loses only its own figures, and a
     figure whose builder fails loses only itself; failures are returned in ``FigureRun.failed``.
@@ -545,6 +562,15 @@ def build_figures(
             "trails_structure_ratio": lambda: trails_ratio_figure(report),
         }
 
+    def run_headline():
+        from lensing.studies import headline
+        from lensing.studies.records import bundled_variants
+
+        names = sorted(bundled_variants(), key=lambda name: (name.split(":")[0], not name.endswith(":cot"), name))
+        models = {name: lensing.load(name) for name in names}
+        state["headline"] = headline(models, n=n_headline, log=lambda message: None)
+        return {"headline_latent_shuffle": lambda: headline_figure(state["headline"])}
+
     steps = {
         "models": ("load models", load_models),
         "eval": ("accuracy and latents (eval)", run_eval),
@@ -552,6 +578,7 @@ def build_figures(
         "collapse": ("collapse and mismatch (Fig. 5)", run_collapse),
         "probes": ("logit lens, attention, decomposition", run_probes),
         "trails": ("trails", run_trails),
+        "headline": ("headline table (every bundled variant)", run_headline),
     }
     needed: list[str] = []
 
@@ -563,8 +590,8 @@ def build_figures(
 
     for name in wanted:
         need(FIGURE_STEP[name])
-    if not only:  # the headline facts need these three even if no figure did
-        for step in ("eval", "collapse", "trails"):
+    if not only:  # the headline facts need these even if no figure did
+        for step in ("eval", "collapse", "trails", "headline"):
             need(step)
     order = [s for s in steps if s in needed]
     step_error: dict[str, str] = {}
@@ -593,8 +620,14 @@ def build_figures(
         if name not in built and name not in failed:
             failed[name] = step_error.get(FIGURE_STEP[name], "not built")
     facts = None
-    if not only and not any(s in step_error for s in ("models", "eval", "collapse", "trails")):
-        settings = {"n_eval": n_eval, "n_collapse": n_analysis, "n_trails": n_trails, "forced_latents": FORCED_LATENTS}
+    if not only and not any(s in step_error for s in ("models", "eval", "collapse", "trails", "headline")):
+        settings = {
+            "n_eval": n_eval,
+            "n_collapse": n_analysis,
+            "n_trails": n_trails,
+            "n_headline": n_headline,
+            "forced_latents": FORCED_LATENTS,
+        }
         facts = collect_facts(
             state["evals"],
             state["collapse"].table,
@@ -602,6 +635,7 @@ def build_figures(
             len(state["trails"].chain_trails),
             settings,
             {v: lm.meta for v, lm in state["lms"].items()},
+            state["headline"],
         )
     figures = [built[n] for n in FIGURE_NAMES if n in built]
     return FigureRun(figures, facts, {n: failed[n] for n in FIGURE_NAMES if n in failed})

@@ -12,6 +12,7 @@ import math
 import re
 
 import numpy as np
+import pandas as pd
 
 VARIANT_NAMES = {"cot": "CoT (stage 1)", "hidden": "hidden-state latents (stage 2)", "lt": "LT-Tuning (stage 3)"}
 COLLAPSE_METRICS = {
@@ -89,11 +90,16 @@ def overall_accuracy_sentence(accuracy: dict, n_per_difficulty: int) -> str:
 
 
 def collect_facts(
-    evals: dict, collapse_table, trails_table, n_chains: int, settings: dict, metas: dict[str, dict]
+    evals: dict, collapse_table, trails_table, n_chains: int, settings: dict, metas: dict[str, dict], headline
 ) -> dict:
-    """Headline numbers from the evaluation, the collapse study (``embed`` read-out), the trails study
-    and each variant's training record (its ``lensing.json``)."""
+    """Headline numbers from the evaluation, the collapse study (``embed`` read-out), the trails study,
+    each variant's training record (its ``lensing.json``) and the headline table of every bundled
+    variant (a :class:`lensing.studies.HeadlineReport`)."""
     facts: dict = {"settings": settings, "accuracy": {}, "mean_latents": {}}
+    facts["headline"] = [
+        {k: (_number(v) if isinstance(v, float | np.floating) else v) for k, v in row.items()}
+        for row in headline.to_dataframe().to_dict("records")
+    ]
     facts["training"] = {
         variant: {
             "stage": meta["stage"],
@@ -238,7 +244,31 @@ def _training_block(facts: dict) -> str:
     )
 
 
+def _headline_block(facts: dict) -> str:
+    from lensing.studies.headline import HeadlineReport
+
+    rows = pd.DataFrame(facts["headline"])
+    numeric = [c for c in rows if c not in ("task", "variant", "model")]
+    rows[numeric] = rows[numeric].astype(float)  # JSON nulls back to NaN
+    report = HeadlineReport(rows, {})
+    tasks = ", ".join(f"{task} ({group['n'].iloc[0]})" for task, group in rows.groupby("task", sort=False))
+    return "\n".join(
+        [
+            f"Every bundled variant on test problems of its own task ({tasks} problems, all difficulties, "
+            "greedy), with 95% intervals (Wilson for accuracy, bootstrap over problems otherwise). Geometry on the "
+            "latents each model really runs with, pooled, at the vectors fed back (`embed`); decodability by a "
+            "linear probe at the last layer, beside the same probe trained on permuted labels; the ablation "
+            "replaces every latent by another problem's:",
+            "",
+            report.to_markdown(),
+            "",
+            " ".join(report.sentences()),
+        ]
+    )
+
+
 BLOCKS = {
+    "headline": _headline_block,
     "accuracy": _accuracy_block,
     "training": _training_block,
     "collapse": _collapse_block,
