@@ -100,11 +100,22 @@ def _config_override(cfg, assignment: str) -> dict:
 
 def _cmd_compare(args: argparse.Namespace) -> None:
     from lensing.train.compare import compare
+    from lensing.viz.results import find_blocks
 
+    if args.readme and args.block not in find_blocks(Path(args.readme).read_text()):  # before hours of evaluation
+        marker = f"<!-- generated:{args.block} -->"
+        raise ValueError(f"{args.readme} has no '{marker}' ... '<!-- /generated:{args.block} -->' block to rewrite")
     with progress("compare", 1) as bar:
         bar.set_postfix_str(f"evaluating {len(args.models)} models")
         result = compare(args.models, n=args.n, ablate=not args.no_ablations, max_new_tokens=args.max_new_tokens)
         bar.update()
+    if args.out:
+        result.save(args.out)
+    if args.readme:
+        from lensing.viz.results import splice_blocks
+
+        readme = Path(args.readme)
+        readme.write_text(splice_blocks(readme.read_text(), {args.block: result.readme_block()}))
     if args.json:
         from lensing._json import dumps
 
@@ -644,6 +655,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-ablations", action="store_true", help="skip the zeroed-latent and swapped-latent runs"
     )
     p.add_argument("--max-new-tokens", type=positive_int, default=160, help="generation budget per problem")
+    p.add_argument("--out", help="also write the per-seed rows here as JSON (Comparison.load reads them back)")
+    p.add_argument("--readme", help="rewrite this README's generated block (--block) with the table")
+    p.add_argument("--block", default="seeds", help="name of the generated README block --readme rewrites")
     p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("trace", help="generate for one question and show latents and confidence")

@@ -36,9 +36,31 @@ def test_comparison_table_means_clips_and_lists_seeds():
     coc = table[(table["variant"] == "hops:coconut") & (table["difficulty"] == "2")].iloc[0]
     assert coc["accuracy"] == 15.0 and coc["ci_low"] == pytest.approx(15 - 4.302653 * 5 / math.sqrt(3), abs=0.06)
     markdown = Comparison(pd.DataFrame(rows)).to_markdown().splitlines()
-    assert markdown[0] == "| variant | seeds | steps | k=2 | all | all latents zeroed |"
-    assert markdown[2].startswith("| hops:stepsup | 3 | 100 | 96.7 [") and markdown[2].endswith("| 20.0 |")
-    assert markdown[3].endswith("| - |")  # coconut had no ablation rows
+    assert markdown[0] == "| variant | seeds | steps | k=2 | all | all latents zeroed | per seed (all) |"
+    assert markdown[2].startswith("| hops:stepsup | 3 | 100 | 96.7 [")
+    assert markdown[2].endswith("| 20.0 | 100.0 / 100.0 / 90.0 |")
+    assert markdown[3].endswith("| - | 20.0 / 10.0 / 15.0 |")  # coconut had no ablation rows
+
+
+def test_comparison_file_round_trips_and_rejects_other_files(tmp_path):
+    rows = [
+        {"variant": "hops:stepsup", "seed": s, "difficulty": d, "n": 10, "accuracy": a, "latents": 2.0,
+         "total_steps": 100, "zeroed": z, "swap_follows": float("nan")}
+        for s, a, z in ((0, 90.0, 10.0), (1, 100.0, 20.0))
+        for d in (2, "all")
+    ]
+    saved = Comparison(pd.DataFrame(rows))
+    path = saved.save(tmp_path / "c.json")
+    loaded = Comparison.load(path)
+    assert loaded.to_markdown() == saved.to_markdown()
+    assert json.loads(path.read_text())["rows"][0]["swap_follows"] is None  # strict JSON: NaN written as null
+    (tmp_path / "bad.json").write_text('{"rows": [{"variant": "x"}]}')
+    with pytest.raises(ValueError, match="bad.json is not a comparison file.*accuracy"):
+        Comparison.load(tmp_path / "bad.json")
+    (tmp_path / "torn.json").write_text('{"rows": [')
+    with pytest.raises(ValueError, match="torn.json is not a comparison file written by"):
+        Comparison.load(tmp_path / "torn.json")
+    assert [f.name for f in tmp_path.iterdir() if f.name.startswith(".")] == []
 
 
 def _stepsup_model(tmp_path, seed):

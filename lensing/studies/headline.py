@@ -37,7 +37,7 @@ from lensing.model import LatentLM
 from lensing.studies.collapse import collapse_ci, latent_states
 from lensing.studies.decoding import decodability
 from lensing.studies.records import model_identity, task_problems
-from lensing.viz.style import DOUBLE_COLUMN, apply_style
+from lensing.viz.style import DOUBLE_COLUMN, OKABE_ITO, apply_style
 
 # the numbers of one row that carry an interval: column -> (label, format)
 INTERVAL_COLUMNS = {
@@ -131,12 +131,13 @@ class HeadlineReport:
         fig = make_subplots(rows=1, cols=len(tasks), subplot_titles=tasks, shared_yaxes=True)
         for col, task in enumerate(tasks, start=1):
             group = self.rows[self.rows["task"] == task]
-            for column, name, color in (("accuracy", "clean", "#0072B2"), ("shuffled", "latents shuffled", "#D55E00")):
+            labels = [f":{v}" + ("" if n else " (no latents)") for v, n in zip(group.variant, group.latents)]
+            for column, name, color in (("accuracy", "clean", "blue"), ("shuffled", "latents shuffled", "vermillion")):
                 fig.add_bar(
-                    x=[f":{v}" + ("" if n else " (no latents)") for v, n in zip(group.variant, group.latents, strict=True)],
+                    x=labels,
                     y=group[column],
                     name=name,
-                    marker_color=color,
+                    marker_color=OKABE_ITO[color],
                     showlegend=col == 1,
                     legendgroup=name,
                     error_y={

@@ -8,6 +8,7 @@ steps each took, and, for models whose latents stand for CoT steps, what the lat
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,13 +80,46 @@ class Comparison:
             out.append(row)
         return pd.DataFrame(out)
 
+    def save(self, path: str | Path) -> Path:
+        """Writes the per-seed rows as strict JSON (all at once: a failed write leaves no file)."""
+        from lensing._json import dumps
+
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            tmp.write_text(dumps({"format": 1, "level": self.level, "rows": self.rows.to_dict(orient="records")}))
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Comparison:
+        """Reads a file written by :meth:`save`; anything else raises ValueError naming the file."""
+        try:
+            data = json.loads(Path(path).read_text())
+            rows = pd.DataFrame(data["rows"])
+            missing = {"variant", "seed", "difficulty", "accuracy", "latents", "total_steps"} - set(rows)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{path} is not a comparison file written by `lensing compare --out`: {err}") from err
+        if missing or rows.empty:
+            raise ValueError(f"{path} is not a comparison file: its rows lack {sorted(missing) or 'everything'}")
+        for column in ABLATIONS:
+            if column in rows:
+                rows[column] = rows[column].astype(float)
+        if "swap_follows_by_latent" in rows:
+            by_latent = rows["swap_follows_by_latent"]
+            rows["swap_follows_by_latent"] = [v if isinstance(v, list) else np.nan for v in by_latent]
+        return cls(rows, float(data.get("level", 0.95)))
+
     def to_markdown(self) -> str:
-        """A variant x difficulty table of ``mean [low, high]`` accuracies (%), as in the README."""
+        """A variant x difficulty table of ``mean [low, high]`` accuracies (%), as in the README, then
+        each seed's overall accuracy."""
         table = self.to_dataframe()
         difficulties = list(dict.fromkeys(table["difficulty"]))
         head = ["variant", "seeds", "steps", *[f"k={d}" if d != "all" else "all" for d in difficulties]]
         extra = [c for c in ABLATIONS if c in table]
-        head += [ABLATIONS[c] for c in extra]
+        head += [ABLATIONS[c] for c in extra] + ["per seed (all)"]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for variant, group in table.groupby("variant", sort=False):
             cells = [variant, str(group["seeds"].iloc[0]), str(group["total_steps"].iloc[0])]
@@ -97,7 +131,39 @@ class Comparison:
             for column in extra:
                 value = overall.get(column)
                 cells.append("-" if value is None or value != value else f"{value:.1f}")
+            cells.append(" / ".join(f"{a:.1f}" for a in overall["per_seed"]))
             lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+    def readme_block(self) -> str:
+        """The README's seed table: what was measured, :meth:`to_markdown`, then :meth:`swaps_markdown`."""
+        n = int(self.rows.loc[self.rows["difficulty"] != "all", "n"].iloc[0])
+        parts = [
+            f"{n} test problems per difficulty, greedy; mean accuracy (%) over seeds with its "
+            f"{int(self.level * 100)}% Student-t interval; `steps` is the optimizer steps each model took in all "
+            "(mean over seeds); the ablation columns are means over seeds: accuracy with every latent zeroed, "
+            "and the share of answers that follow the donor when every latent is swapped with a same-difficulty "
+            "problem's:",
+            "",
+            self.to_markdown(),
+        ]
+        swaps = self.swaps_markdown()
+        if swaps:
+            parts += ["", "Swapping only latent j (share of answers, %, continuing from the donor's node j):", "", swaps]
+        return "\n".join(parts)
+
+    def swaps_markdown(self) -> str:
+        """Per variant and seed: how often the answer follows a donor when only latent j is swapped
+        (the donor's node j continued in this problem, %), then with every latent swapped."""
+        overall = self.rows[self.rows["difficulty"] == "all"]
+        if "swap_follows_by_latent" not in overall or overall["swap_follows_by_latent"].isna().all():
+            return ""
+        width = max(len(v) for v in overall["swap_follows_by_latent"].dropna())
+        head = ["variant", "seed", *(f"latent {j} swapped" for j in range(1, width + 1)), "all swapped"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for row in overall.dropna(subset=["swap_follows_by_latent"]).itertuples():
+            cells = [f"{v:.1f}" for v in row.swap_follows_by_latent] + ["-"] * (width - len(row.swap_follows_by_latent))
+            lines.append(f"| {row.variant} | {row.seed} | " + " | ".join(cells) + f" | {row.swap_follows:.1f} |")
         return "\n".join(lines)
 
     def plot(self) -> go.Figure:
@@ -176,4 +242,6 @@ def compare(
                 ).to_dataframe()
                 rows[-1]["zeroed"] = 100 * float(zeroed.examples["correct"].mean())
                 rows[-1]["swap_follows"] = 100 * float(swaps.loc[swaps["step"] == "all", "follows"].item())
+                single = swaps[swaps["step"] != "all"].sort_values("step", key=lambda s: s.astype(int))
+                rows[-1]["swap_follows_by_latent"] = [round(100 * float(f), 1) for f in single["follows"]]
     return Comparison(pd.DataFrame(rows))
