@@ -97,3 +97,30 @@ def test_compare_groups_seeds_by_variant_and_ablates_step_latents(tmp_path, caps
     records = json.loads(capsys.readouterr().out)
     assert [r["accuracy"] for r in records] == table["accuracy"].tolist()
     assert all(r["per_seed"] == t for r, t in zip(records, table["per_seed"], strict=True))
+
+
+def test_target_needs_every_difficulty_and_every_single_latent_swap():
+    def rows(seed, accs, by_latent):
+        out = [
+            {"variant": "hops:stepsup", "seed": seed, "difficulty": d, "n": 10, "accuracy": a, "latents": 2.0,
+             "total_steps": 100}
+            for d, a in zip(("2", "3", "all"), accs, strict=True)
+        ]
+        out[-1] |= {"zeroed": 10.0, "swap_follows": 50.0, "swap_follows_by_latent": by_latent}
+        return out
+
+    table = pd.DataFrame(
+        rows(0, (90.0, 86.0, 88.0), [95.0, 81.0])  # meets both
+        + rows(1, (90.0, 84.0, 87.0), [95.0, 95.0])  # one difficulty below 85
+        + rows(2, (99.0, 99.0, 99.0), [99.0, 10.0])  # latent 2 not followed
+    )
+    result = Comparison(table)
+    assert result.meets_target()["meets"].tolist() == [True, False, False]
+    assert result.meets_target(accuracy=80)["meets"].tolist() == [True, True, False]
+    (sentence,) = result.target_sentences()
+    assert sentence.startswith("`hops:stepsup`: 1 of 3 seeds reach 85% at every difficulty")
+    assert "seed 1, lowest accuracy 84.0%, least-followed latent 95.0%" in sentence
+    assert "seed 2, lowest accuracy 99.0%, least-followed latent 10.0%" in sentence
+    swaps = result.swaps_markdown().splitlines()
+    assert swaps[0] == "| variant | seed | latent 1 swapped | latent 2 swapped | all swapped |"
+    assert swaps[4] == "| hops:stepsup | 2 | 99.0 | 10.0 | 50.0 |"

@@ -148,9 +148,55 @@ class Comparison:
             self.to_markdown(),
         ]
         swaps = self.swaps_markdown()
+        verdicts = self.target_sentences()
+        if verdicts:
+            parts += ["", " ".join(verdicts)]
         if swaps:
-            parts += ["", "Swapping only latent j (share of answers, %, continuing from the donor's node j):", "", swaps]
+            title = "Swapping only latent j (share of answers, %, continuing from the donor's node j):"
+            parts += ["", title, "", swaps]
         return "\n".join(parts)
+
+    def meets_target(self, accuracy: float = 85.0, follows: float = 80.0) -> pd.DataFrame:
+        """Per variant and seed with step-latent ablations: does the model reach ``accuracy`` (%) at every
+        difficulty, and does swapping each single latent make the answer follow the donor at least
+        ``follows`` (%) of the time? (The zoo issue's target for a latent curriculum that computes.)"""
+        rows = []
+        for (variant, seed), group in self.rows.groupby(["variant", "seed"], sort=False):
+            overall = group[group["difficulty"] == "all"].iloc[0]
+            by_latent = overall.get("swap_follows_by_latent")
+            if not isinstance(by_latent, list):
+                continue
+            worst = float(group.loc[group["difficulty"] != "all", "accuracy"].min())
+            weakest = min(by_latent) if by_latent else float("nan")
+            rows.append(
+                {
+                    "variant": variant,
+                    "seed": seed,
+                    "min_accuracy": worst,
+                    "min_follows": weakest,
+                    "meets": bool(worst >= accuracy and weakest >= follows),
+                }
+            )
+        return pd.DataFrame(rows)
+
+    def target_sentences(self, accuracy: float = 85.0, follows: float = 80.0) -> list[str]:
+        """One sentence per variant: how many seeds meet :meth:`meets_target`, and where the others fall short."""
+        table = self.meets_target(accuracy, follows)
+        out = []
+        for variant, group in table.groupby("variant", sort=False) if len(table) else ():
+            met = group[group["meets"]]
+            text = (
+                f"`{variant}`: {len(met)} of {len(group)} seeds reach {accuracy:.0f}% at every difficulty with every "
+                f"single-latent swap followed at least {follows:.0f}% of the time"
+            )
+            short = group[~group["meets"]]
+            if len(short):
+                text += " (short: " + "; ".join(
+                    f"seed {r.seed}, lowest accuracy {r.min_accuracy:.1f}%, least-followed latent {r.min_follows:.1f}%"
+                    for r in short.itertuples()
+                ) + ")"
+            out.append(text + ".")
+        return out
 
     def swaps_markdown(self) -> str:
         """Per variant and seed: how often the answer follows a donor when only latent j is swapped
