@@ -4,6 +4,8 @@ The numbers asserted here are the ones the README quotes for these models (same 
 same seeds): 20 test problems per hop count, the split `lensing eval` uses.
 """
 
+from pathlib import Path
+
 import pytest
 
 import lensing
@@ -11,11 +13,16 @@ from lensing.interventions import intervention_sweep
 from lensing.interventions.steps import step_swaps
 from lensing.tasks import make_splits
 from lensing.train import evaluate
+from lensing.train.compare import Comparison
+from lensing.viz.results import find_blocks
 
 # measured on these problems (README, "Latents that compute"); accuracies in %, rates in [0, 1]
 COT_ALL, STEPSUP_ALL, STEPSUP_MIN_K = 93.75, 97.5, 85
 ZERO_ACC, SHUFFLE_ACC, SWAP_MIN = 0.10, 0.1625, 0.947
 COCONUT_ALL, COCONUT_ZERO_ACC, COCONUT_SWAP_FOLLOWS, STEPSUP_TOTAL_STEPS = 100.0, 0.1375, 0.157, 4900
+
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +81,25 @@ def test_plain_coconut_computes_through_latents_that_do_not_transfer(problems):
     assert accuracy == pytest.approx(COCONUT_ALL, abs=5)
     assert zeroed["accuracy"] == pytest.approx(COCONUT_ZERO_ACC, abs=0.1)
     assert swaps.loc["all", "follows"] == pytest.approx(COCONUT_SWAP_FOLLOWS, abs=0.1)
+
+
+@pytest.mark.parametrize("block, name", [("seeds", "hops_seeds.json"), ("calibration", "calibration.json")])
+def test_readme_tables_render_the_recorded_comparisons(block, name):
+    """The README's seed and calibration tables are `lensing compare --out` files, rendered."""
+    recorded = Comparison.load(ROOT / "figures" / name)
+    assert find_blocks((ROOT / "README.md").read_text())[block] == recorded.readme_block()
+
+
+def test_recorded_seed_zero_rows_are_the_bundled_checkpoints(results):
+    """The bundled checkpoints are seed 0 of the recorded runs: same steps, and their recorded
+    accuracy (100 problems per k) agrees with this rerun (20 per k)."""
+    rows = Comparison.load(ROOT / "figures" / "hops_seeds.json").rows
+    seed0 = rows[(rows["difficulty"] == "all") & (rows["seed"] == 0)].set_index("variant")
+    stepsup = seed0.loc["hops-direct:stepsup"]
+    assert stepsup["total_steps"] == STEPSUP_TOTAL_STEPS
+    assert abs(results["stepsup"].accuracy - stepsup["accuracy"]) <= 5
+    assert stepsup["zeroed"] / 100 == pytest.approx(ZERO_ACC, abs=0.1)
+    assert min(stepsup["swap_follows_by_latent"]) / 100 == pytest.approx(SWAP_MIN, abs=0.1)
+    coconut = seed0.loc["hops-direct:coconut"]
+    assert coconut["total_steps"] == STEPSUP_TOTAL_STEPS and coconut["accuracy"] == pytest.approx(COCONUT_ALL, abs=5)
+    assert coconut["swap_follows"] / 100 == pytest.approx(COCONUT_SWAP_FOLLOWS, abs=0.1)

@@ -124,3 +124,15 @@ def test_target_needs_every_difficulty_and_every_single_latent_swap():
     swaps = result.swaps_markdown().splitlines()
     assert swaps[0] == "| variant | seed | latent 1 swapped | latent 2 swapped | all swapped |"
     assert swaps[4] == "| hops:stepsup | 2 | 99.0 | 10.0 | 50.0 |"
+
+
+def test_table_of_tasks_with_different_difficulties_marks_the_missing_cells():
+    rows = [
+        {"variant": v, "seed": 0, "difficulty": d, "n": 10, "accuracy": 50.0, "latents": 0.0, "total_steps": 10}
+        for v, ds in (("arith:cot", ("1", "2")), ("hops:cot", ("2", "3")))
+        for d in (*ds, "all")
+    ]
+    lines = Comparison(pd.DataFrame(rows)).to_markdown().splitlines()
+    assert lines[0] == "| variant | seeds | steps | k=1 | k=2 | k=3 | all | per seed (all) |"
+    assert lines[2] == "| arith:cot | 1 | 10 | 50.0 | 50.0 | - | 50.0 | 50.0 |"
+    assert lines[3] == "| hops:cot | 1 | 10 | - | 50.0 | 50.0 | 50.0 | 50.0 |"

@@ -116,7 +116,7 @@ class Comparison:
         """A variant x difficulty table of ``mean [low, high]`` accuracies (%), as in the README, then
         each seed's overall accuracy."""
         table = self.to_dataframe()
-        difficulties = list(dict.fromkeys(table["difficulty"]))
+        difficulties = sorted({d for d in table["difficulty"] if d != "all"}, key=str) + ["all"]
         head = ["variant", "seeds", "steps", *[f"k={d}" if d != "all" else "all" for d in difficulties]]
         extra = [c for c in ABLATIONS if c in table]
         head += [ABLATIONS[c] for c in extra] + ["per seed (all)"]
@@ -124,7 +124,11 @@ class Comparison:
         for variant, group in table.groupby("variant", sort=False):
             cells = [variant, str(group["seeds"].iloc[0]), str(group["total_steps"].iloc[0])]
             for d in difficulties:
-                row = group[group["difficulty"] == d].iloc[0]
+                here = group[group["difficulty"] == d]
+                if here.empty:  # another task's difficulty
+                    cells.append("-")
+                    continue
+                row = here.iloc[0]
                 interval = f" [{row.ci_low:.1f}, {row.ci_high:.1f}]" if row.ci_low == row.ci_low else ""
                 cells.append(f"{row.accuracy:.1f}{interval}")
             overall = group[group["difficulty"] == "all"].iloc[0]
@@ -138,15 +142,17 @@ class Comparison:
     def readme_block(self) -> str:
         """The README's seed table: what was measured, :meth:`to_markdown`, then :meth:`swaps_markdown`."""
         n = int(self.rows.loc[self.rows["difficulty"] != "all", "n"].iloc[0])
-        parts = [
+        intro = (
             f"{n} test problems per difficulty, greedy; mean accuracy (%) over seeds with its "
             f"{int(self.level * 100)}% Student-t interval; `steps` is the optimizer steps each model took in all "
-            "(mean over seeds); the ablation columns are means over seeds: accuracy with every latent zeroed, "
-            "and the share of answers that follow the donor when every latent is swapped with a same-difficulty "
-            "problem's:",
-            "",
-            self.to_markdown(),
-        ]
+            "(mean over seeds)"
+        )
+        if any(c in self.rows and self.rows[c].notna().any() for c in ABLATIONS):
+            intro += (
+                "; the ablation columns are means over seeds: accuracy with every latent zeroed, and the share of "
+                "answers that follow the donor when every latent is swapped with a same-difficulty problem's"
+            )
+        parts = [intro + ":", "", self.to_markdown()]
         swaps = self.swaps_markdown()
         verdicts = self.target_sentences()
         if verdicts:

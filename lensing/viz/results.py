@@ -251,10 +251,10 @@ def _headline_block(facts: dict) -> str:
     numeric = [c for c in rows if c not in ("task", "variant", "model")]
     rows[numeric] = rows[numeric].astype(float)  # JSON nulls back to NaN
     report = HeadlineReport(rows, {})
-    tasks = ", ".join(f"{task} ({group['n'].iloc[0]})" for task, group in rows.groupby("task", sort=False))
+    tasks = " and ".join(f"{int(group['n'].iloc[0])} {task}" for task, group in rows.groupby("task", sort=False))
     return "\n".join(
         [
-            f"Every bundled variant on test problems of its own task ({tasks} problems, all difficulties, "
+            f"Every bundled variant on {tasks} test problems (each model on its own task; all difficulties, "
             "greedy), with 95% intervals (Wilson for accuracy, bootstrap over problems otherwise). Geometry on the "
             "latents each model really runs with, pooled, at the vectors fed back (`embed`); decodability by a "
             "linear probe at the last layer, beside the same probe trained on permuted labels; the ablation "
