@@ -136,3 +136,14 @@ def test_table_of_tasks_with_different_difficulties_marks_the_missing_cells():
     assert lines[0] == "| variant | seeds | steps | k=1 | k=2 | k=3 | all | per seed (all) |"
     assert lines[2] == "| arith:cot | 1 | 10 | 50.0 | 50.0 | - | 50.0 | 50.0 |"
     assert lines[3] == "| hops:cot | 1 | 10 | - | 50.0 | 50.0 | 50.0 | 50.0 |"
+
+
+def test_unknown_step_counts_show_as_unknown():
+    rows = [
+        {"variant": "arith:lt", "seed": 0, "difficulty": d, "n": 10, "accuracy": 50.0, "latents": 1.0,
+         "total_steps": None}
+        for d in ("1", "all")
+    ]
+    result = Comparison(pd.DataFrame(rows))
+    assert result.to_dataframe()["total_steps"].tolist() == [None, None]
+    assert result.to_markdown().splitlines()[2] == "| arith:lt | 1 | ? | 50.0 | 50.0 | 50.0 |"

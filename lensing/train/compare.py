@@ -72,7 +72,7 @@ class Comparison:
                 "ci_high": min(hi, 100.0) if hi == hi else hi,
                 "per_seed": [round(a, 1) for a in group["accuracy"]],
                 "latents": round(float(group["latents"].mean()), 2),
-                "total_steps": int(group["total_steps"].mean()),
+                "total_steps": int(steps) if (steps := group["total_steps"].mean()) == steps else None,
             }
             for column in ABLATIONS:
                 if column in group and group[column].notna().any():
@@ -122,7 +122,8 @@ class Comparison:
         head += [ABLATIONS[c] for c in extra] + ["per seed (all)"]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for variant, group in table.groupby("variant", sort=False):
-            cells = [variant, str(group["seeds"].iloc[0]), str(group["total_steps"].iloc[0])]
+            steps = group["total_steps"].iloc[0]
+            cells = [variant, str(group["seeds"].iloc[0]), "?" if steps is None or steps != steps else str(int(steps))]
             for d in difficulties:
                 here = group[group["difficulty"] == d]
                 if here.empty:  # another task's difficulty
@@ -279,7 +280,10 @@ def compare(
             data_seed = training.get("data_seed", training.get("seed", 0))
             problems = make_splits(0, 0, n, seed=data_seed, task=lm.meta.get("task", "arith")).test
             result = evaluate(lm, problems, max_new_tokens=max_new_tokens)
-            common = {"variant": variant, "seed": training.get("seed"), "total_steps": training.get("total_steps")}
+            total = training.get("total_steps")
+            if total is None and lm.meta.get("stage") == 1:  # records older than total_steps: a first stage's own
+                total = training.get("steps")
+            common = {"variant": variant, "seed": training.get("seed"), "total_steps": total}
             table = result.to_dataframe()
             for row in table.itertuples():
                 rows.append(
