@@ -93,7 +93,8 @@ def test_compare_groups_seeds_by_variant_and_ablates_step_latents(tmp_path, caps
         lm.save_pretrained(tmp_path / f"m{s}", extra=lm.meta)
     from lensing.cli import main
 
-    main(["compare", str(tmp_path / "m0"), str(tmp_path / "m1"), "--n", "2", "--json", "--no-ablations", "--max-new-tokens", "10"])
+    paths = [str(tmp_path / "m0"), str(tmp_path / "m1")]
+    main(["compare", *paths, "--n", "2", "--json", "--no-ablations", "--max-new-tokens", "10"])
     records = json.loads(capsys.readouterr().out)
     assert [r["accuracy"] for r in records] == table["accuracy"].tolist()
     assert all(r["per_seed"] == t for r, t in zip(records, table["per_seed"], strict=True))

@@ -286,9 +286,8 @@ def compare(
             common = {"variant": variant, "seed": training.get("seed"), "total_steps": total}
             table = result.to_dataframe()
             for row in table.itertuples():
-                rows.append(
-                    common | {"difficulty": row.steps, "n": row.n, "accuracy": row.accuracy, "latents": row.mean_latents}
-                )
+                cells = {"difficulty": row.steps, "n": row.n, "accuracy": row.accuracy, "latents": row.mean_latents}
+                rows.append(common | cells)
             if ablate and forced_latents(lm) is not None:
                 zeroed = intervene(
                     lm, problems, "zero", clean=result.traces, resamples=200, seed=seed, max_new_tokens=max_new_tokens
