@@ -97,6 +97,19 @@ def test_compare_groups_seeds_by_variant_and_ablates_step_latents(tmp_path, caps
     main(["compare", *paths, "--n", "2", "--json", "--no-ablations", "--max-new-tokens", "10"])
     records = json.loads(capsys.readouterr().out)
     assert [r["accuracy"] for r in records] == table["accuracy"].tolist()
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- generated:seeds -->\nold\n<!-- /generated:seeds -->\nend\n")
+    out = tmp_path / "rows.json"
+    options = ["--n", "2", "--no-ablations", "--max-new-tokens", "10", "--out", str(out), "--readme", str(readme)]
+    main(["compare", *paths, *options])
+    capsys.readouterr()
+    saved = Comparison.load(out)
+    assert saved.to_dataframe()["accuracy"].tolist() == table["accuracy"].tolist()
+    block = saved.readme_block()
+    assert readme.read_text() == f"intro\n<!-- generated:seeds -->\n{block}\n<!-- /generated:seeds -->\nend\n"
+    # a README without the block is refused before any evaluation
+    with pytest.raises(SystemExit, match="has no '<!-- generated:calibration -->'"):
+        main(["compare", *paths, "--readme", str(readme), "--block", "calibration"])
     assert all(r["per_seed"] == t for r, t in zip(records, table["per_seed"], strict=True))
 
 
