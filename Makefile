@@ -77,11 +77,10 @@ zoo: setup
 			--out $(ZOO)/coconut-$$seed --resume || exit 1; \
 	done
 	$(HOPS) --curriculum pause --init $(HOPS_COT) --steps $(STAGES) --advance-at 100 --out $(ZOO)/pause-0 --resume
-	$(HOPS) --curriculum codi --init $(HOPS_COT) --steps 3000,1900 --out $(ZOO)/codi-0 --resume
 	$(HOPS) --curriculum cot --init $(HOPS_COT) --steps 1900 --out $(ZOO)/cot-0 --resume
 	$(HOPS) --curriculum nocot --steps 4900 --out $(ZOO)/nocot-0 --resume
 	$(LENSING) compare hops-tiny:stepsup $(ZOO)/stepsup-*/stepsup hops-tiny:coconut $(ZOO)/coconut-*/coconut \
-		$(ZOO)/pause-0/pause $(ZOO)/codi-0/codi $(ZOO)/cot-0/cot $(ZOO)/nocot-0/nocot \
+		$(ZOO)/pause-0/pause $(ZOO)/cot-0/cot $(ZOO)/nocot-0/nocot \
 		--n 100 --out figures/hops_seeds.json --readme README.md
 
 calibration: setup
