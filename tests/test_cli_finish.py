@@ -146,6 +146,7 @@ def test_every_command_line_in_the_readme_parses():
 
     readme = Path(__file__).parents[1] / "README.md"
     blocks = re.findall(r"```bash\n(.*?)```", readme.read_text(), flags=re.S)
+    blocks = [block.replace("\\\n", " ") for block in blocks]  # a command continued over lines is one line
     lines = [line.split("  #")[0] for block in blocks for line in block.splitlines() if line.startswith("lensing ")]
     assert len(lines) >= 15
     parser = build_parser()
