@@ -196,10 +196,33 @@ def test_natural_latents_are_the_trace_latents(lm):
     for states, trace in zip(natural.states, traces, strict=True):
         fed = trace.input_embeds[trace.latent_positions].double()
         torch.testing.assert_close(states[:, 0], fed, atol=1e-5, rtol=0)
+    reused = latent_states(lm, problems, "natural", traces=traces)  # the same traces, read instead of regenerated
+    for a, b in zip(reused.states, natural.states, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    assert reused.lines == natural.lines
     forced = latent_states(lm, problems, "forced", force_latents=3)
     assert forced.counts == [3] * 6
     with pytest.raises(ValueError, match="latents must be"):
         latent_states(lm, problems, "imagined")
+    with pytest.raises(ValueError, match="natural latents only, one per problem"):
+        latent_states(lm, problems, "natural", traces=traces[:2])
+
+
+def test_coconut_style_natural_latents_are_the_prescribed_chain(tmp_path):
+    """A model trained with latents in place of CoT steps runs with one latent per step after the
+    prompt: those are its natural latents, latent k standing for step k."""
+    from lensing.studies import latent_states
+    from lensing.train.curriculum import TrainConfig, build_model
+
+    torch.manual_seed(0)
+    lm = build_model(TrainConfig(task="hops", n_layers=2, d_model=32, n_heads=4, d_mlp=64), tmp_path / "tok")
+    lm.meta = {"task": "hops", "variant": "stepsup", "inference": {"latents_per_step": 1, "max_latent_steps": 5}}
+    from lensing.tasks import make_splits
+
+    problems = make_splits(0, 0, 2, seed=0, task="hops").test
+    natural = latent_states(lm, problems, "natural", max_new_tokens=8)
+    assert natural.counts == [p.steps for p in problems]
+    assert natural.lines == [list(range(1, p.steps + 1)) for p in problems]
 
 
 def test_natural_vs_forced_records(lm):

@@ -297,6 +297,7 @@ def latent_states(
     batch_size: int = 100,
     max_new_tokens: int = 160,
     name: str = "model",
+    traces: list[Trace] | None = None,
 ) -> LatentSet:
     """Runs ``lm`` on ``problems`` and keeps every problem's latent vectors at every layer (see :class:`LatentSet`).
 
@@ -306,7 +307,9 @@ def latent_states(
     step supervision, pause) gets the latents its checkpoint prescribes for each problem
     (:func:`lensing.train.evaluate.forced_latents`), latent k standing for step k. ``forced``
     forces ``force_latents`` latents after the prompt (Coconut's "forcing k thoughts") and keeps
-    those; ``text`` keeps the CoT line ends of a normal generation.
+    those; ``text`` keeps the CoT line ends of a normal generation. ``traces``: this model's natural
+    generations of ``problems`` when already made (e.g. by :func:`lensing.train.evaluate`), read
+    instead of generating again.
     """
     from lensing.probes import attach
     from lensing.train.evaluate import forced_latents
@@ -315,6 +318,8 @@ def latent_states(
         raise ValueError(f"latents must be 'natural', 'forced' or 'text', got {latents!r}")
     if not problems:
         raise ValueError("empty problem list: nothing to measure")
+    if traces is not None and (latents != "natural" or len(traces) != len(problems)):
+        raise ValueError(f"traces are reused for natural latents only, one per problem ({len(problems)})")
     probe = attach(lm)
     rule = forced_latents(lm) if latents == "natural" else None
     counts = [rule(p) if rule else (force_latents if latents == "forced" else 0) for p in problems]
@@ -323,12 +328,15 @@ def latent_states(
         group = [i for i, c in enumerate(counts) if c == count]
         for start in range(0, len(group), batch_size):
             chunk = group[start : start + batch_size]
-            traces = lm.generate(
-                [problems[i].prompt for i in chunk], max_new_tokens=max_new_tokens, force_latents=count
+            prompts = [problems[i].prompt for i in chunk]
+            batch = (
+                [traces[i] for i in chunk]
+                if traces is not None
+                else lm.generate(prompts, max_new_tokens=max_new_tokens, force_latents=count)
             )
-            _, cache, _ = probe.run_with_cache(traces, probe.resid_names())
+            _, cache, _ = probe.run_with_cache(batch, probe.resid_names())
             stack = probe.resid_stack(cache).cpu()  # [layer, batch, pos, d]
-            for row, (i, trace) in enumerate(zip(chunk, traces, strict=True)):
+            for row, (i, trace) in enumerate(zip(chunk, batch, strict=True)):
                 if latents == "text":
                     anchors = text_anchors(trace)
                     h = e = torch.zeros(0, stack.shape[-1])

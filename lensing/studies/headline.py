@@ -199,7 +199,7 @@ def headline(
             continue
         row |= dict(zip(("latents", "latents_low", "latents_high"), _interval(counts, resamples, seed), strict=True))
         say(f"{name}: natural latents, probes and the shuffle ablation")
-        lset = latent_states(lm, problems, "natural", name=name)
+        lset = latent_states(lm, problems, "natural", name=name, traces=result.traces)
         sets.setdefault(task, []).append((name, lm, lset))
         probe = decodability(
             lset, problems, targets=("intermediate",), labels=("last",), layers=[lset.layer_labels[-1]],
